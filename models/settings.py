@@ -1,0 +1,57 @@
+"""Settings shared by every layer: where thrifty keeps its state.
+
+Read from the environment (``THRIFTY_*``, plus MLflow's own
+``MLFLOW_TRACKING_URI``) by pydantic-settings behind a cached
+:func:`get_settings`. Nothing is created at import time; tests override by
+setting the environment and calling ``get_settings.cache_clear()``.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="THRIFTY_", extra="ignore")
+
+    home: Path = Field(default=Path("~/.thrifty"), description="state directory: MLflow store, profiles, outcome store, caches")
+    data_dir: Path = Field(default=Path("../shared/data"), description="local copy of public outcome logs")
+    tracking_uri: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("MLFLOW_TRACKING_URI", "THRIFTY_TRACKING_URI"),
+        description="MLflow tracking server; default: an embedded SQLite store under home",
+    )
+    registry_name: str = "thrifty"
+    experiment: str = "thrifty"
+    catalog: list[Path] = Field(default_factory=list, description="user catalog files, applied in order")
+
+    @property
+    def home_dir(self) -> Path:
+        return self.home.expanduser()
+
+    @property
+    def resolved_tracking_uri(self) -> str:
+        if self.tracking_uri:
+            return self.tracking_uri
+        return f"sqlite:///{self.home_dir / 'mlflow.db'}"
+
+    @property
+    def artifact_root(self) -> Path:
+        return self.home_dir / "mlartifacts"
+
+    @property
+    def profiles_dir(self) -> Path:
+        return self.home_dir / "profiles"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.home_dir / "cache"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,173 @@
+"""Prompt features: the one featurizer used at training and at serving time.
+
+A sparse TF-IDF over word unigrams and bigrams, projected to a few dense
+components (a truncated SVD fitted on the training prompts), plus surface
+statistics of the text (length, tokens, digits, code and maths markers, ...).
+
+Transform is written by hand rather than through scikit-learn's vectorizers so
+that featurizing one prompt costs tens of microseconds: the serving path calls
+it once per request, and the training path calls the same function over the
+unique prompts of the logs, so the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from typing import Iterable, Sequence
+
+import numpy as np
+import scipy.sparse as sp
+from sklearn.decomposition import TruncatedSVD
+
+from models.tokens import count_tokens
+
+_WORD = re.compile(r"(?u)\b\w\w+\b")
+_CODE_MARKERS = ("```", "def ", "class ", "return", "import ", "=>", "function", "#include")
+_MATH = re.compile(r"\\frac|\\sqrt|\\\w+\{|\$[^$]+\$|\^|\\\(|\\\[")
+_OPTION = re.compile(r"(?m)^\s*\(?[A-J][\).:]\s")
+
+_ASCII_ALNUM_SPACE = np.array([chr(i).isalnum() or chr(i).isspace() for i in range(128)])
+
+STAT_NAMES = (
+    "log_chars",
+    "log_tokens",
+    "log_words",
+    "log_lines",
+    "digit_frac",
+    "upper_frac",
+    "punct_frac",
+    "non_ascii_frac",
+    "mean_word_len",
+    "n_questions",
+    "code_markers",
+    "math_markers",
+    "n_options",
+    "has_blank",
+)
+
+
+def _terms(words: list[str]) -> list[str]:
+    """Unigrams and bigrams of lower-cased words."""
+    words = [w.lower() for w in words]
+    return words + [f"{a} {b}" for a, b in zip(words, words[1:])]
+
+
+def text_stats(text: str, words: list[str] | None = None) -> np.ndarray:
+    """Surface statistics of one prompt, in the order of ``STAT_NAMES``."""
+    # Character classes counted over a code-point array: a Python loop over
+    # every character would cost more than the rest of the decision.
+    cp = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+    n = max(len(cp), 1)
+    ascii_cp = cp[cp < 128]
+    digits = int(np.count_nonzero((ascii_cp >= 48) & (ascii_cp <= 57)))
+    upper = int(np.count_nonzero((ascii_cp >= 65) & (ascii_cp <= 90)))
+    alnum_or_space = _ASCII_ALNUM_SPACE[ascii_cp] if len(ascii_cp) else ascii_cp
+    punct = int(len(ascii_cp) - np.count_nonzero(alnum_or_space))
+    if words is None:
+        words = _WORD.findall(text)
+    return np.array(
+        [
+            math.log1p(len(text)),
+            math.log1p(count_tokens(text)),
+            math.log1p(len(words)),
+            math.log1p(text.count("\n")),
+            digits / n,
+            upper / n,
+            punct / n,
+            (n - len(ascii_cp)) / n if len(cp) else 0.0,
+            (sum(map(len, words)) / len(words)) if words else 0.0,
+            min(text.count("?"), 20),
+            min(sum(text.count(m) for m in _CODE_MARKERS), 50),
+            min(len(_MATH.findall(text)), 50),
+            min(len(_OPTION.findall(text)), 12),
+            float("_" in text),
+        ],
+        dtype=np.float64,
+    )
+
+
+class TextFeaturizer:
+    """Dense features of prompt texts, scikit-learn style.
+
+    Parameters
+    ----------
+    n_components: dimensions of the SVD projection of the TF-IDF matrix.
+    max_features: vocabulary size (most frequent terms by document frequency).
+    min_df: minimum number of training prompts a term must occur in.
+    random_state: seed of the SVD.
+    """
+
+    def __init__(self, n_components: int = 64, max_features: int = 40_000, min_df: int = 2, random_state: int = 0):
+        self.n_components = n_components
+        self.max_features = max_features
+        self.min_df = min_df
+        self.random_state = random_state
+
+    def fit(self, texts: Sequence[str]) -> "TextFeaturizer":
+        texts = list(texts)
+        df: Counter[str] = Counter()
+        for text in texts:
+            df.update(set(_terms(_WORD.findall(text))))
+        kept = [t for t, c in df.items() if c >= self.min_df]
+        kept.sort(key=lambda t: (-df[t], t))  # deterministic order
+        kept = kept[: self.max_features]
+        self.vocabulary_ = {t: i for i, t in enumerate(kept)}
+        n = len(texts)
+        self.idf_ = np.array([math.log((1 + n) / (1 + df[t])) + 1.0 for t in kept])
+        tfidf = self._tfidf_matrix(texts)
+        k = max(1, min(self.n_components, tfidf.shape[1] - 1, n - 1))
+        if tfidf.shape[1] >= 2 and n >= 2:
+            svd = TruncatedSVD(n_components=k, random_state=self.random_state).fit(tfidf)
+            self.components_ = np.ascontiguousarray(svd.components_.T)  # (V, k)
+        else:  # degenerate vocabulary: no text signal beyond the statistics
+            self.components_ = np.zeros((max(tfidf.shape[1], 1), 1))
+        stats = np.vstack([text_stats(t) for t in texts]) if texts else np.zeros((0, len(STAT_NAMES)))
+        self.stat_mean_ = stats.mean(axis=0) if len(stats) else np.zeros(len(STAT_NAMES))
+        self.stat_scale_ = stats.std(axis=0) if len(stats) else np.ones(len(STAT_NAMES))
+        self.stat_scale_[self.stat_scale_ == 0] = 1.0
+        self.n_features_out_ = self.components_.shape[1] + len(STAT_NAMES)
+        return self
+
+    def _weights(self, words: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        vocabulary = self.vocabulary_
+        counts = Counter(t for t in _terms(words) if t in vocabulary)
+        if not counts:
+            return np.zeros(0, dtype=np.int64), np.zeros(0)
+        idx = np.fromiter((self.vocabulary_[t] for t in counts), dtype=np.int64, count=len(counts))
+        tf = np.fromiter(counts.values(), dtype=np.float64, count=len(counts))
+        w = (1.0 + np.log(tf)) * self.idf_[idx]
+        return idx, w / np.linalg.norm(w)
+
+    def _tfidf_matrix(self, texts: Sequence[str]) -> sp.csr_matrix:
+        indptr, indices, data = [0], [], []
+        for text in texts:
+            idx, w = self._weights(_WORD.findall(text))
+            indices.append(idx)
+            data.append(w)
+            indptr.append(indptr[-1] + len(idx))
+        shape = (len(texts), len(self.vocabulary_))
+        if not texts:
+            return sp.csr_matrix(shape)
+        return sp.csr_matrix((np.concatenate(data), np.concatenate(indices), np.array(indptr)), shape=shape)
+
+    def transform_one(self, text: str) -> np.ndarray:
+        words = _WORD.findall(text)
+        idx, w = self._weights(words)
+        emb = w @ self.components_[idx] if len(idx) else np.zeros(self.components_.shape[1])
+        stats = (text_stats(text, words) - self.stat_mean_) / self.stat_scale_
+        return np.concatenate([emb, stats])
+
+    def transform(self, texts: Iterable[str]) -> np.ndarray:
+        rows = [self.transform_one(t) for t in texts]
+        if not rows:
+            return np.zeros((0, self.n_features_out_))
+        return np.vstack(rows)
+
+    def fit_transform(self, texts: Sequence[str]) -> np.ndarray:
+        return self.fit(texts).transform(texts)
+
+    @property
+    def feature_names_(self) -> list[str]:
+        return [f"svd_{i}" for i in range(self.components_.shape[1])] + list(STAT_NAMES)

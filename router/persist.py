@@ -1,0 +1,59 @@
+"""Saving a fitted router, and loading it back from a file or the MLflow registry.
+
+The router is stored as one joblib file; in MLflow it is wrapped as a pyfunc
+model whose artifact is that file, so ``models:/thrifty@champion`` loads the
+very object that was trained and decisions are identical.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import joblib
+import mlflow.pyfunc
+import pandas as pd
+
+from router.router import Router
+
+ROUTER_ARTIFACT = "router"
+
+
+def save_router(router: Router, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    joblib.dump(router, tmp, compress=3)
+    tmp.replace(path)  # never leave half a router where a loader looks
+    return path
+
+
+def load_router_file(path: str | Path) -> Router:
+    router = joblib.load(path)
+    if not isinstance(router, Router):
+        raise TypeError(f"{path} holds a {type(router).__name__}, not a thrifty Router")
+    return router
+
+
+class RouterModel(mlflow.pyfunc.PythonModel):
+    """MLflow pyfunc wrapper: ``predict`` takes a frame with a ``prompt`` column
+    and returns each prompt's chosen model, predicted success and expected cost
+    under the router's default policy and training-time prices."""
+
+    def load_context(self, context):
+        self.router = load_router_file(context.artifacts[ROUTER_ARTIFACT])
+
+    def predict(self, context, model_input, params=None):
+        prompts = list(pd.DataFrame(model_input)["prompt"].astype(str))
+        rows = []
+        for text in prompts:
+            d = self.router.route(text, self.router.prices_)
+            rows.append({"model": d.model, "p_success": d.chosen.p_success, "expected_cost": d.chosen.expected_cost})
+        return pd.DataFrame(rows)
+
+
+def load_router(uri: str) -> Router:
+    """A router from ``models:/NAME@ALIAS``, ``models:/NAME/VERSION``, ``runs:/...`` or a local joblib file."""
+    if Path(uri).suffix == ".joblib" and Path(uri).exists():
+        return load_router_file(uri)
+    model = mlflow.pyfunc.load_model(uri)
+    return model.unwrap_python_model().router

@@ -1,0 +1,291 @@
+"""Per-model predictors of success and of output tokens.
+
+All are scikit-learn-style estimators over a prompt-by-model layout:
+
+* ``X``: features of ``n`` prompts, shape ``(n, d)``;
+* ``Y``: outcomes, shape ``(n, m)`` for the ``m`` models, with ``NaN`` where a
+  model has no logged outcome for a prompt (production logs are partial);
+* ``W``: optional sample weights of the same shape (propensity weights when
+  retraining on a router's own traffic).
+
+``predict_proba(X)`` / ``predict(X)`` return an ``(n, m)`` matrix in the
+order of ``models_``. Success predictors hold out a share of the prompts
+(``holdout``), fit on the rest and calibrate each model on the held-out part.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from router.calibration import ColumnCalibrator, binary_targets, sigmoid
+
+
+def prompt_holdout(n: int, share: float, random_state: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of a fit part and a held-out part of ``n`` prompts."""
+    rng = np.random.default_rng(random_state)
+    order = rng.permutation(n)
+    k = int(round(n * share)) if n >= 10 else 0
+    return np.sort(order[k:]), np.sort(order[:k])
+
+
+def _check(X: np.ndarray, Y: np.ndarray, W: np.ndarray | None, models):
+    X = np.asarray(X, dtype=np.float64)
+    Y = np.asarray(Y, dtype=np.float64)
+    if Y.ndim != 2 or X.shape[0] != Y.shape[0]:
+        raise ValueError(f"X has {X.shape[0]} rows and Y shape {Y.shape}; expected Y of shape (n_prompts, n_models)")
+    if models is not None and len(models) != Y.shape[1]:
+        raise ValueError(f"{len(models)} model names for {Y.shape[1]} columns of Y")
+    W = np.ones_like(Y) if W is None else np.asarray(W, dtype=np.float64)
+    return X, Y, W, list(models) if models is not None else [str(j) for j in range(Y.shape[1])]
+
+
+class _CalibratedSuccess:
+    """Shared fit/holdout/calibrate skeleton; subclasses implement ``_fit_raw`` and ``_raw``."""
+
+    holdout: float
+    calibration: str
+    random_state: int
+
+    def fit(self, X, Y, W=None, models=None):
+        X, Y, W, self.models_ = _check(X, Y, W, models)
+        fit_idx, cal_idx = prompt_holdout(len(X), self.holdout, self.random_state)
+        self.base_rate_ = np.array(
+            [np.average(Y[~np.isnan(Y[:, j]), j], weights=W[~np.isnan(Y[:, j]), j]) if (~np.isnan(Y[:, j])).any() else 0.5 for j in range(Y.shape[1])]
+        )
+        self._fit_raw(X[fit_idx], Y[fit_idx], W[fit_idx], X[cal_idx], Y[cal_idx])
+        self.calibrator_ = ColumnCalibrator(self.calibration)
+        if len(cal_idx):
+            self.calibrator_.fit(self._raw(X[cal_idx]), Y[cal_idx])
+        else:
+            self.calibrator_.fit(np.full((0, Y.shape[1]), 0.5), np.full((0, Y.shape[1]), np.nan))
+        return self
+
+    def predict_proba(self, X) -> np.ndarray:
+        return self.calibrator_.transform(self._raw(np.asarray(X, dtype=np.float64)))
+
+
+class LogisticSuccess(_CalibratedSuccess):
+    """One L2-regularised logistic regression per model (the scikit-learn baseline).
+
+    Prediction is one matrix product for all models, so it adds microseconds
+    per decision. Fractional successes (judge scores) enter as weighted 0/1 rows.
+    """
+
+    def __init__(self, C: float = 0.5, holdout: float = 0.2, calibration: str = "platt", random_state: int = 0):
+        self.C = C
+        self.holdout = holdout
+        self.calibration = calibration
+        self.random_state = random_state
+
+    def _fit_raw(self, X, Y, W, X_cal=None, Y_cal=None):
+        from sklearn.linear_model import LogisticRegression
+
+        self.mean_ = X.mean(axis=0) if len(X) else np.zeros(X.shape[1])
+        self.scale_ = X.std(axis=0) if len(X) else np.ones(X.shape[1])
+        self.scale_[self.scale_ == 0] = 1.0
+        Z = (X - self.mean_) / self.scale_
+        m = Y.shape[1]
+        self.coef_ = np.zeros((X.shape[1], m))
+        self.intercept_ = np.zeros(m)
+        for j in range(m):
+            seen = ~np.isnan(Y[:, j])
+            y, w = binary_targets(Y[seen, j], W[seen, j])
+            Zj = Z[seen]
+            frac = (Y[seen, j] > 0) & (Y[seen, j] < 1)
+            if frac.any():
+                Zj = np.vstack([Zj, Zj[frac]])
+            if len(np.unique(y)) < 2:  # every outcome identical: a constant model
+                rate = float(np.clip(y.mean() if len(y) else self.base_rate_[j], 1e-3, 1 - 1e-3))
+                self.intercept_[j] = np.log(rate / (1 - rate))
+                continue
+            lr = LogisticRegression(C=self.C, max_iter=500).fit(Zj, y, sample_weight=w)
+            self.coef_[:, j] = lr.coef_[0]
+            self.intercept_[j] = lr.intercept_[0]
+        return self
+
+    def _raw(self, X):
+        return sigmoid(((X - self.mean_) / self.scale_) @ self.coef_ + self.intercept_)
+
+
+class LightGBMSuccess(_CalibratedSuccess):
+    """One gradient-boosted model shared by all models: prompt features plus model identity.
+
+    Sharing lets a rarely-logged model borrow the difficulty signal learned
+    from the others; the model id is a categorical feature, so trees can still
+    split per model. Targets in [0,1] use LightGBM's cross-entropy objective.
+    Early stopping and calibration both use the held-out prompts.
+    """
+
+    def __init__(
+        self,
+        n_estimators: int = 400,
+        learning_rate: float = 0.05,
+        num_leaves: int = 15,
+        min_child_samples: int = 40,
+        feature_fraction: float = 0.8,
+        lambda_l2: float = 1.0,
+        early_stopping_rounds: int = 40,
+        holdout: float = 0.2,
+        calibration: str = "platt",
+        n_jobs: int = 2,
+        random_state: int = 0,
+    ):
+        self.n_estimators = n_estimators
+        self.learning_rate = learning_rate
+        self.num_leaves = num_leaves
+        self.min_child_samples = min_child_samples
+        self.feature_fraction = feature_fraction
+        self.lambda_l2 = lambda_l2
+        self.early_stopping_rounds = early_stopping_rounds
+        self.holdout = holdout
+        self.calibration = calibration
+        self.n_jobs = n_jobs
+        self.random_state = random_state
+
+    @staticmethod
+    def _long(X, Y, W=None):
+        n, m = Y.shape
+        seen = ~np.isnan(Y)
+        rows, cols = np.nonzero(seen)
+        data = np.hstack([X[rows], cols[:, None].astype(np.float64)])
+        w = None if W is None else W[rows, cols]
+        return data, Y[rows, cols], w
+
+    def _fit_raw(self, X, Y, W, X_cal=None, Y_cal=None):
+        import lightgbm as lgb
+
+        params = {
+            "objective": "cross_entropy",
+            "learning_rate": self.learning_rate,
+            "num_leaves": self.num_leaves,
+            "min_data_in_leaf": self.min_child_samples,
+            "feature_fraction": self.feature_fraction,
+            "lambda_l2": self.lambda_l2,
+            "num_threads": self.n_jobs,
+            "seed": self.random_state,
+            "deterministic": True,
+            "force_col_wise": True,
+            "verbosity": -1,
+            "max_cat_to_onehot": 64,
+        }
+        self.n_models_ = Y.shape[1]
+        cat = [X.shape[1]]
+        data, y, w = self._long(X, Y, W)
+        train = lgb.Dataset(data, y, weight=w, categorical_feature=cat, free_raw_data=True)
+        valid_sets, callbacks = [], []
+        if X_cal is not None and len(X_cal) and (~np.isnan(Y_cal)).any():
+            vdata, vy, _ = self._long(X_cal, Y_cal)
+            valid_sets = [lgb.Dataset(vdata, vy, categorical_feature=cat, reference=train)]
+            callbacks = [lgb.early_stopping(self.early_stopping_rounds, verbose=False)]
+        booster = lgb.train(params, train, num_boost_round=self.n_estimators, valid_sets=valid_sets, callbacks=callbacks)
+        self.best_iteration_ = booster.best_iteration or booster.current_iteration()
+        # Keep only the trees up to the best iteration: smaller model, faster predict.
+        self.booster_ = lgb.Booster(model_str=booster.model_to_string(num_iteration=self.best_iteration_))
+        return self
+
+    def _raw(self, X):
+        n, m = len(X), self.n_models_
+        data = np.empty((n * m, X.shape[1] + 1))
+        data[:, :-1] = np.repeat(X, m, axis=0)
+        data[:, -1] = np.tile(np.arange(m, dtype=np.float64), n)
+        return self.booster_.predict(data, num_threads=1).reshape(n, m)
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        if "booster_" in state:  # Boosters pickle through their text form
+            state["booster_"] = state["booster_"].model_to_string()
+        return state
+
+    def __setstate__(self, state):
+        import lightgbm as lgb
+
+        if isinstance(state.get("booster_"), str):
+            state["booster_"] = lgb.Booster(model_str=state["booster_"])
+        self.__dict__.update(state)
+
+
+class KNNSuccess:
+    """RouterBench's k-nearest-neighbours baseline: a model's success on the k most similar training prompts."""
+
+    def __init__(self, k: int = 40):
+        self.k = k
+
+    def fit(self, X, Y, W=None, models=None):
+        X, Y, W, self.models_ = _check(X, Y, W, models)
+        self.mean_ = X.mean(axis=0)
+        self.scale_ = X.std(axis=0)
+        self.scale_[self.scale_ == 0] = 1.0
+        Z = (X - self.mean_) / self.scale_
+        self.Z_ = Z / np.maximum(np.linalg.norm(Z, axis=1, keepdims=True), 1e-12)
+        self.Y_ = Y
+        self.prior_ = np.array([np.nanmean(Y[:, j]) if (~np.isnan(Y[:, j])).any() else 0.5 for j in range(Y.shape[1])])
+        return self
+
+    def predict_proba(self, X) -> np.ndarray:
+        Z = (np.asarray(X, dtype=np.float64) - self.mean_) / self.scale_
+        Z = Z / np.maximum(np.linalg.norm(Z, axis=1, keepdims=True), 1e-12)
+        out = np.empty((len(Z), self.Y_.shape[1]))
+        k = min(self.k, len(self.Z_))
+        for start in range(0, len(Z), 512):  # bounded memory for the similarity block
+            sim = Z[start : start + 512] @ self.Z_.T
+            nn = np.argpartition(-sim, k - 1, axis=1)[:, :k]
+            vals = self.Y_[nn]  # (b, k, m)
+            seen = ~np.isnan(vals)
+            sums = np.where(seen, vals, 0).sum(axis=1)
+            counts = seen.sum(axis=1)
+            # one pseudo-observation at the model's prior keeps empty neighbourhoods defined
+            out[start : start + 512] = (sums + self.prior_) / (counts + 1)
+        return out
+
+
+class TokenRegressor:
+    """Expected output tokens per model: ridge regression on log(1 + tokens).
+
+    Models differ several-fold in the tokens they spend on the same prompt, so
+    the expected cost of a call is predicted per prompt and model rather than
+    read off a static price. The retransformation uses Duan's smearing factor,
+    so predictions estimate the mean, not the median, token count.
+    """
+
+    def __init__(self, alpha: float = 3.0):
+        self.alpha = alpha
+
+    def fit(self, X, T, W=None, models=None):
+        X, T, W, self.models_ = _check(X, T, W, models)
+        self.mean_ = X.mean(axis=0) if len(X) else np.zeros(X.shape[1])
+        self.scale_ = X.std(axis=0) if len(X) else np.ones(X.shape[1])
+        self.scale_[self.scale_ == 0] = 1.0
+        Z = (X - self.mean_) / self.scale_
+        d, m = X.shape[1], T.shape[1]
+        self.coef_ = np.zeros((d, m))
+        self.intercept_ = np.zeros(m)
+        self.smear_ = np.ones(m)
+        eye = self.alpha * np.eye(d)
+        for j in range(m):
+            seen = ~np.isnan(T[:, j])
+            if not seen.any():
+                continue
+            y = np.log1p(np.maximum(T[seen, j], 0))
+            Zj, w = Z[seen], W[seen, j]
+            mu = np.average(y, weights=w)
+            zc = np.average(Zj, axis=0, weights=w)
+            A = (Zj - zc) * np.sqrt(w)[:, None]
+            b = (y - mu) * np.sqrt(w)
+            coef = np.linalg.solve(A.T @ A + eye, A.T @ b)
+            self.coef_[:, j] = coef
+            self.intercept_[j] = mu - zc @ coef
+            resid = y - (Zj @ coef + self.intercept_[j])
+            self.smear_[j] = float(np.average(np.exp(resid), weights=w))
+        return self
+
+    def predict(self, X) -> np.ndarray:
+        Z = (np.asarray(X, dtype=np.float64) - self.mean_) / self.scale_
+        pred = np.exp(np.clip(Z @ self.coef_ + self.intercept_, -20, 20)) * self.smear_ - 1.0
+        return np.maximum(pred, 0.0)
+
+
+SUCCESS_PREDICTORS = {
+    "lightgbm": LightGBMSuccess,
+    "logistic": LogisticSuccess,
+    "knn": KNNSuccess,
+}

@@ -1,0 +1,71 @@
+"""Named routing profiles: a policy and its knob, chosen by ``thrifty tune``.
+
+A profile is a small JSON file in the profiles directory; serving exposes each
+as a model name (``"model": "<profile>"``). Writing is atomic (temp file and
+rename), so a server reading profiles never sees half a file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from router.policy import make_policy
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+class ProfileError(ValueError):
+    """A profile name or file is invalid."""
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    policy: str = "threshold"
+    knob: float = 0.7
+    router_uri: str | None = None  # None: the server's default router
+    allowed: list[str] | None = None
+    target: dict = field(default_factory=dict)  # what tune was asked for, and what it achieved
+
+    def make_policy(self):
+        return make_policy(self.policy, self.knob)
+
+
+def validate_name(name: str) -> str:
+    if not _NAME.match(name or ""):
+        raise ProfileError(f"invalid profile name {name!r}: use letters, digits, '.', '_' or '-' (at most 64)")
+    return name
+
+
+def save_profile(profile: Profile, directory: Path) -> Path:
+    validate_name(profile.name)
+    make_policy(profile.policy, profile.knob)  # reject unknown policies before writing
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{profile.name}.json"
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{profile.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as fh:
+        json.dump(asdict(profile), fh, indent=2, sort_keys=True)
+    os.replace(tmp, path)
+    return path
+
+
+def load_profile(path: Path) -> Profile:
+    try:
+        data = json.loads(Path(path).read_text())
+        profile = Profile(**data)
+    except (OSError, json.JSONDecodeError, TypeError) as exc:
+        raise ProfileError(f"{path}: not a valid profile: {exc}") from None
+    validate_name(profile.name)
+    make_policy(profile.policy, profile.knob)
+    return profile
+
+
+def load_profiles(directory: Path) -> dict[str, Profile]:
+    if not directory.is_dir():
+        return {}
+    return {p.name: p for p in (load_profile(f) for f in sorted(directory.glob("*.json")))}

@@ -1,0 +1,164 @@
+"""The router: per-model success and cost predictions, and a policy over them.
+
+In the spirit of RouteLLM's ``Router`` — one scoring method, and a
+``route()`` built on it — but over N models, and with prices passed in
+explicitly: whoever asks for a decision says what each model costs (the
+catalog in force), and a price is never parsed out of a model name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from models.prices import PriceTable
+from models.tokens import count_tokens
+from router.decision import Candidate, Decision
+from router.features import TextFeaturizer
+from router.policy import Threshold
+from router.predictors import LightGBMSuccess, TokenRegressor
+
+
+class RoutingError(ValueError):
+    """No decision can be made: no candidate model is both known to the router and priced."""
+
+
+@dataclass(frozen=True)
+class Scores:
+    """Predictions for ``n`` prompts and ``m`` models (columns in the order of ``models``)."""
+
+    models: list[str]
+    p: np.ndarray  # (n, m) predicted success
+    input_tokens: np.ndarray  # (n,) prompt tokens
+    output_tokens: np.ndarray  # (n, m) expected output tokens
+    cost: np.ndarray  # (n, m) expected USD per call
+
+
+class Router:
+    """Predicts, per prompt and model, the chance of success and the expected cost.
+
+    Parameters
+    ----------
+    featurizer: turns prompt texts into features (fitted here).
+    success: a success predictor (``LightGBMSuccess``, ``LogisticSuccess``, ``KNNSuccess``).
+    tokens: an output-token predictor (``TokenRegressor``).
+    policy: the default policy of ``route()``.
+    """
+
+    def __init__(self, featurizer=None, success=None, tokens=None, policy=None):
+        self.featurizer = featurizer
+        self.success = success
+        self.tokens = tokens
+        self.policy = policy
+
+    # -- fitting -------------------------------------------------------
+    def fit(
+        self,
+        texts: Sequence[str],
+        success: np.ndarray,
+        output_tokens: np.ndarray,
+        models: Sequence[str],
+        prices: PriceTable,
+        weights: np.ndarray | None = None,
+    ) -> "Router":
+        """Fit on ``n`` unique prompts: ``success`` and ``output_tokens`` are ``(n, m)`` with NaN where unobserved."""
+        self.featurizer_ = self.featurizer if self.featurizer is not None else TextFeaturizer()
+        self.success_ = self.success if self.success is not None else LightGBMSuccess()
+        self.tokens_ = self.tokens if self.tokens is not None else TokenRegressor()
+        self.policy_ = self.policy if self.policy is not None else Threshold(0.7)
+        missing = prices.missing(models)
+        if missing:
+            raise RoutingError(f"no price for model(s) {missing}")
+        X = self.featurizer_.fit_transform(list(texts))
+        self.success_.fit(X, success, weights, models=models)
+        self.tokens_.fit(X, output_tokens, None, models=models)
+        self.models_ = list(models)
+        self.prices_ = PriceTable({m: prices[m] for m in models})
+        return self
+
+    # -- scoring -------------------------------------------------------
+    def features(self, texts: Sequence[str]) -> np.ndarray:
+        return self.featurizer_.transform(texts)
+
+    def score_features(
+        self, X: np.ndarray, input_tokens: np.ndarray, prices: PriceTable, models: Sequence[str] | None = None
+    ) -> Scores:
+        """Scores from precomputed features (replay featurizes each prompt once)."""
+        cols = self._columns(prices, models)
+        names = [self.models_[j] for j in cols]
+        p = self.success_.predict_proba(X)[:, cols]
+        out = self.tokens_.predict(X)[:, cols]
+        in_price, out_price = prices.arrays(names)
+        input_tokens = np.asarray(input_tokens, dtype=np.float64)
+        cost = input_tokens[:, None] * in_price + out * out_price
+        return Scores(names, p, input_tokens, out, cost)
+
+    def score(self, texts: Sequence[str], prices: PriceTable, models: Sequence[str] | None = None) -> Scores:
+        texts = list(texts)
+        tokens = np.array([count_tokens(t) for t in texts], dtype=np.float64)
+        return self.score_features(self.features(texts), tokens, prices, models)
+
+    def _columns(self, prices: PriceTable, models: Sequence[str] | None) -> list[int]:
+        wanted = self.models_ if models is None else [m for m in models if m in set(self.models_)]
+        if models is not None:
+            unknown = [m for m in models if m not in set(self.models_)]
+            if unknown:
+                raise RoutingError(f"model(s) {unknown} are not known to this router; it knows {self.models_}")
+        cols = [self.models_.index(m) for m in wanted if m in prices]
+        if not cols:
+            raise RoutingError("no candidate model: none of the requested models has a price")
+        return cols
+
+    # -- deciding ------------------------------------------------------
+    def route(
+        self,
+        text: str,
+        prices: PriceTable,
+        policy=None,
+        *,
+        allowed: Sequence[str] | None = None,
+        min_quality: float | None = None,
+        max_cost: float | None = None,
+        version: str | None = None,
+    ) -> Decision:
+        """Decide one prompt. ``allowed`` narrows the candidates; ``min_quality``
+        and ``max_cost`` (USD per request) narrow what is acceptable. If nothing
+        meets them, the policy's choice among the allowed models is returned with
+        ``fallback=True``."""
+        policy = policy or self.policy_
+        s = self.score([text], prices, allowed)
+        p, cost = s.p[0], s.cost[0]
+        mask = np.ones_like(p, dtype=bool)
+        if min_quality is not None:
+            mask &= p >= min_quality
+        if max_cost is not None:
+            mask &= cost <= max_cost
+        fallback = False
+        if not mask.any():
+            mask, fallback = np.ones_like(p, dtype=bool), True
+        idx, fb = policy.choose(p[None], cost[None], mask[None], s.models)
+        chosen = int(idx[0])
+        acceptable = policy.acceptable(p, cost, mask)
+        order = policy.rank(p, cost, mask)
+        order = [chosen] + [j for j in order if j != chosen]
+        candidates = tuple(
+            Candidate(
+                model=s.models[j],
+                p_success=float(p[j]),
+                expected_input_tokens=float(s.input_tokens[0]),
+                expected_output_tokens=float(s.output_tokens[0, j]),
+                expected_cost=float(cost[j]),
+                acceptable=bool(acceptable[j]),
+            )
+            for j in order
+        )
+        return Decision(
+            model=s.models[chosen],
+            candidates=candidates,
+            policy=policy.name,
+            knob=float(policy.knob),
+            fallback=fallback or bool(fb[0]),
+            router_version=version,
+        )
