@@ -1,0 +1,54 @@
+"""The ``thrifty`` command: subcommands from ``training`` and ``serving``.
+
+This module is the only place that sees both layers, and it imports each
+lazily, only when one of its subcommands runs: ``training`` and ``serving``
+never import each other, and ``thrifty serve`` does not pay for the
+training stack's imports.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import click
+
+# subcommand -> "module:attribute" of a click command
+COMMANDS = {
+    "train": "training.cli:train",
+    "replay": "training.cli:replay",
+    "tune": "training.cli:tune",
+    "retrain": "training.cli:retrain",
+    "promote": "training.cli:promote",
+    "data": "training.cli:data",
+    "serve": "serving.cli:serve",
+    "logs": "serving.cli:logs",
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx):
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx, name):
+        target = COMMANDS.get(name)
+        if target is None:
+            return None
+        module, attr = target.split(":")
+        try:
+            return getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as exc:  # a subcommand not built yet
+            return click.Command(name, help=f"(unavailable: {exc})", callback=lambda: _unavailable(name, exc))
+
+
+def _unavailable(name, exc):
+    raise click.ClickException(f"'{name}' is unavailable: {exc}")
+
+
+@click.group(cls=LazyGroup)
+@click.version_option(package_name="thrifty")
+def main():
+    """thrifty: route each LLM request to the cheapest model predicted to succeed."""
+
+
+if __name__ == "__main__":
+    main()
