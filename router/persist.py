@@ -42,7 +42,7 @@ class RouterModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context):
         self.router = load_router_file(context.artifacts[ROUTER_ARTIFACT])
 
-    def predict(self, context, model_input, params=None):
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         prompts = list(pd.DataFrame(model_input)["prompt"].astype(str))
         rows = []
         for text in prompts:

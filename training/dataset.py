@@ -1,0 +1,165 @@
+"""Outcome logs as a prompt-by-model matrix, and splits by prompt.
+
+Logs arrive long (one row per call); routers learn from a matrix with one row
+per unique prompt and one column per model, ``NaN`` where a model was not
+called (always so for production traffic, where only the chosen model ran).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, replace
+
+import numpy as np
+import pandas as pd
+from scipy.optimize import nnls
+
+from models.prices import Price, PriceTable
+
+
+@dataclass(frozen=True)
+class OutcomeMatrix:
+    """Outcomes of ``n`` unique prompts × ``m`` models (columns in the order of ``models``)."""
+
+    prompt_keys: np.ndarray  # (n,) "dataset/prompt_id"
+    datasets: np.ndarray  # (n,)
+    tasks: np.ndarray  # (n,)
+    texts: list[str]
+    models: list[str]
+    success: np.ndarray  # (n, m), NaN = not observed
+    input_tokens: np.ndarray  # (n, m)
+    output_tokens: np.ndarray  # (n, m)
+    cost: np.ndarray  # (n, m) USD of the logged call
+    propensity: np.ndarray | None = None  # (n, m) probability the logging policy chose the model
+
+    @property
+    def n_prompts(self) -> int:
+        return len(self.texts)
+
+    @property
+    def observed(self) -> np.ndarray:
+        return ~np.isnan(self.success)
+
+    @property
+    def is_complete(self) -> bool:
+        """Every model has an outcome for every prompt (a benchmark matrix)."""
+        return bool(self.observed.all())
+
+    def prompt_tokens(self) -> np.ndarray:
+        """Input tokens per prompt (the mean over the models that saw it)."""
+        with np.errstate(invalid="ignore"):
+            return np.nan_to_num(np.nanmean(np.where(self.observed, self.input_tokens, np.nan), axis=1))
+
+    def subset(self, idx) -> "OutcomeMatrix":
+        idx = np.asarray(idx)
+        pick = lambda a: None if a is None else a[idx]  # noqa: E731
+        return replace(
+            self,
+            prompt_keys=self.prompt_keys[idx],
+            datasets=self.datasets[idx],
+            tasks=self.tasks[idx],
+            texts=[self.texts[i] for i in idx],
+            success=self.success[idx],
+            input_tokens=self.input_tokens[idx],
+            output_tokens=self.output_tokens[idx],
+            cost=self.cost[idx],
+            propensity=pick(self.propensity),
+        )
+
+    def select_models(self, models: list[str]) -> "OutcomeMatrix":
+        cols = [self.models.index(m) for m in models]
+        pick = lambda a: None if a is None else a[:, cols]  # noqa: E731
+        return replace(
+            self,
+            models=list(models),
+            success=self.success[:, cols],
+            input_tokens=self.input_tokens[:, cols],
+            output_tokens=self.output_tokens[:, cols],
+            cost=self.cost[:, cols],
+            propensity=pick(self.propensity),
+        )
+
+    @classmethod
+    def from_frame(cls, frame: pd.DataFrame) -> "OutcomeMatrix":
+        """Pivot a canonical outcome frame (see ``models.outcomes``)."""
+        keys = frame["dataset"].astype(str) + "/" + frame["prompt_id"].astype(str)
+        key_codes, key_uniques = pd.factorize(keys, sort=True)
+        model_codes, model_uniques = pd.factorize(frame["model"].astype(str), sort=True)
+        n, m = len(key_uniques), len(model_uniques)
+
+        def grid(column: str, dtype=np.float64) -> np.ndarray:
+            out = np.full((n, m), np.nan)
+            out[key_codes, model_codes] = frame[column].to_numpy(dtype=dtype, na_value=np.nan)
+            return out
+
+        first = np.unique(key_codes, return_index=True)[1]  # first row of each prompt
+        propensity = grid("propensity") if "propensity" in frame else None
+        return cls(
+            prompt_keys=np.asarray(key_uniques, dtype=object),
+            datasets=frame["dataset"].astype(str).to_numpy()[first],
+            tasks=frame["task"].astype(str).to_numpy()[first],
+            texts=frame["prompt"].astype(str).to_numpy()[first].tolist(),
+            models=[str(x) for x in model_uniques],
+            success=grid("success"),
+            input_tokens=grid("input_tokens"),
+            output_tokens=grid("output_tokens"),
+            cost=grid("cost_usd"),
+            propensity=propensity,
+        )
+
+
+def split_by_prompt(
+    matrix: OutcomeMatrix, test_size: float = 0.3, seed: int = 0, task_holdout: str | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Train and test row indices such that no prompt text is on both sides.
+
+    Prompts are grouped by their text (the same question may appear under two
+    datasets); with ``task_holdout`` the test side is that whole task instead.
+    """
+    if task_holdout is not None:
+        test = matrix.tasks == task_holdout
+        if not test.any():
+            raise ValueError(f"--task-holdout {task_holdout!r}: no such task; tasks are {sorted(set(matrix.tasks))}")
+        if test.all():
+            raise ValueError(f"--task-holdout {task_holdout!r} is the only task: nothing left to train on")
+        groups = _text_groups(matrix.texts)
+        test_groups = set(groups[test])
+        test = np.isin(groups, list(test_groups))
+        return np.flatnonzero(~test), np.flatnonzero(test)
+    if not 0 < test_size < 1:
+        raise ValueError(f"test size must be in (0, 1), got {test_size}")
+    groups = _text_groups(matrix.texts)
+    unique = np.unique(groups)
+    rng = np.random.default_rng(seed)
+    test_groups = rng.choice(unique, size=max(1, int(round(len(unique) * test_size))), replace=False)
+    test = np.isin(groups, test_groups)
+    return np.flatnonzero(~test), np.flatnonzero(test)
+
+
+def _text_groups(texts: list[str]) -> np.ndarray:
+    return pd.factorize(pd.Series(texts))[0]
+
+
+def implied_prices(matrix: OutcomeMatrix) -> PriceTable:
+    """Per-token prices that best explain each model's logged costs (non-negative least squares).
+
+    Used for models no catalog prices, when the logs record observed costs
+    (RouterBench): the router then predicts cost from predicted tokens with
+    these prices, exactly as it does with list prices.
+    """
+    prices = {}
+    for j, model in enumerate(matrix.models):
+        seen = matrix.observed[:, j] & ~np.isnan(matrix.cost[:, j])
+        if not seen.any():
+            continue
+        A = np.column_stack([matrix.input_tokens[seen, j], matrix.output_tokens[seen, j]]) / 1e6
+        coef, _ = nnls(A, matrix.cost[seen, j])
+        prices[model] = Price(float(coef[0]), float(coef[1]))
+    return PriceTable(prices)
+
+
+def frame_hash(frame: pd.DataFrame) -> str:
+    """A content hash of the outcome rows that training uses (order-independent)."""
+    cols = [c for c in ("dataset", "prompt_id", "prompt", "model", "success", "input_tokens", "output_tokens", "cost_usd") if c in frame]
+    rows = pd.util.hash_pandas_object(frame[cols], index=False).to_numpy()
+    return hashlib.sha256(np.sort(rows).tobytes()).hexdigest()

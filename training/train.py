@@ -1,0 +1,103 @@
+"""``thrifty train``: logs in, a registered router out."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from models.catalog import Catalog
+from router.router import Router
+from training import tracking
+from training.dataset import OutcomeMatrix, frame_hash, split_by_prompt
+from training.fit import calibration_table, evaluate_router, fit_router, resolve_prices
+from training.logs import read_logs
+from training.plots import calibration_plot
+
+
+@dataclass
+class TrainResult:
+    router: Router
+    metrics: dict[str, dict[str, float]]
+    run_id: str | None = None
+    version: str | None = None
+    inferred_prices: list[str] = field(default_factory=list)
+    n_rows: int = 0
+    n_train: int = 0
+    n_test: int = 0
+
+    def summary(self) -> dict[str, float]:
+        vals = list(self.metrics.values())
+        mean = lambda k: float(np.nanmean([v.get(k, np.nan) for v in vals])) if vals else float("nan")  # noqa: E731
+        return {k: mean(k) for k in ("auc", "brier", "log_loss", "token_log_mae")}
+
+
+def train(
+    log_paths: Sequence[str | Path],
+    catalog: Catalog,
+    *,
+    predictor: str = "lightgbm",
+    test_size: float = 0.2,
+    seed: int = 0,
+    experiment: str = "thrifty",
+    name: str = "thrifty",
+    register: bool = True,
+    progress: bool = False,
+    echo=lambda msg: None,
+) -> TrainResult:
+    """Read logs, fit on a split by prompt, measure on the rest, log and register in MLflow."""
+    from tqdm import tqdm
+
+    steps = tqdm(total=5, desc="train", disable=not progress, unit="step")
+    frame = read_logs(log_paths, catalog.prices(), progress=progress)
+    matrix = OutcomeMatrix.from_frame(frame)
+    prices, inferred = resolve_prices(matrix, catalog.prices())
+    if inferred:
+        echo(f"prices implied by logged costs for {len(inferred)} model(s) not in the catalog: {', '.join(inferred)}")
+    train_idx, test_idx = split_by_prompt(matrix, test_size, seed)
+    steps.update(1)
+    steps.set_postfix_str(f"fit {predictor} on {len(train_idx)} prompts x {len(matrix.models)} models")
+    router = fit_router(matrix.subset(train_idx), prices, predictor=predictor, seed=seed)
+    steps.update(1)
+    test = matrix.subset(test_idx)
+    metrics = evaluate_router(router, test)
+    steps.update(1)
+    result = TrainResult(router, metrics, inferred_prices=inferred, n_rows=len(frame), n_train=len(train_idx), n_test=len(test_idx))
+    if register:
+        params = {
+            "logs": ",".join(str(p) for p in log_paths)[:500],
+            "rows": len(frame),
+            "prompts": matrix.n_prompts,
+            "models": len(matrix.models),
+            "predictor": predictor,
+            "test_size": test_size,
+            "seed": seed,
+            "data_sha256": frame_hash(frame),
+            "prices_sha256": tracking.prices_hash(prices),
+            "catalog_models": len(catalog),
+            "inferred_prices": ",".join(inferred)[:500] or "none",
+            "train_prompts": len(train_idx),
+            "test_prompts": len(test_idx),
+        }
+        with tracking.start_run(experiment, run_name=f"train-{predictor}") as run:
+            import mlflow
+
+            mlflow.log_params(params)
+            tracking.log_metrics_nested(metrics, prefix="test/")
+            mlflow.log_metrics({f"test/mean_{k}": v for k, v in result.summary().items() if np.isfinite(v)})
+            with tempfile.TemporaryDirectory() as tmp:
+                tmp = Path(tmp)
+                calibration_plot(calibration_table(router, test), tmp / "calibration.png", f"calibration on {len(test_idx)} held-out prompts")
+                (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
+                (tmp / "prices.json").write_text(json.dumps(prices.to_dict(), indent=2))
+                mlflow.log_artifacts(str(tmp))
+            steps.update(1)
+            result.run_id = run.info.run_id
+            result.version = tracking.register_router(router, name, tags={"data_sha256": params["data_sha256"], "predictor": predictor})
+    steps.update(steps.total - steps.n)
+    steps.close()
+    return result
