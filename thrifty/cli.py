@@ -36,12 +36,13 @@ class LazyGroup(click.Group):
         module, attr = target.split(":")
         try:
             return getattr(importlib.import_module(module), attr)
-        except (ImportError, AttributeError) as exc:  # a subcommand not built yet
-            return click.Command(name, help=f"(unavailable: {exc})", callback=lambda: _unavailable(name, exc))
+        except (ImportError, AttributeError) as exc:  # e.g. an optional dependency is missing
+            reason = str(exc)
+            return click.Command(name, help=f"(unavailable: {reason})", callback=lambda: _unavailable(name, reason))
 
 
-def _unavailable(name, exc):
-    raise click.ClickException(f"'{name}' is unavailable: {exc}")
+def _unavailable(name: str, reason: str):
+    raise click.ClickException(f"'{name}' is unavailable: {reason}")
 
 
 @click.group(cls=LazyGroup)
