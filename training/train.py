@@ -36,6 +36,23 @@ class TrainResult:
         return {k: mean(k) for k in ("auc", "brier", "log_loss", "token_log_mae")}
 
 
+def propensity_weights(matrix: OutcomeMatrix, clip: float = 20.0) -> np.ndarray | None:
+    """Inverse-propensity weights for logs of a router's own traffic, 1 for benchmark rows.
+
+    Served logs over-represent the models the router already prefers; weighting
+    each logged call by 1/propensity makes every model's training prompts
+    representative again. Weights are clipped at ``clip`` (a few tiny
+    propensities would otherwise dominate) and scaled to mean 1 over the
+    observed entries.
+    """
+    if matrix.propensity is None or np.isnan(matrix.propensity).all():
+        return None
+    p = matrix.propensity
+    w = np.where(np.isnan(p), 1.0, 1.0 / np.clip(p, 1.0 / clip, 1.0))
+    w = np.where(matrix.observed, w, np.nan)
+    return w / np.nanmean(w)
+
+
 def train(
     log_paths: Sequence[str | Path],
     catalog: Catalog,
@@ -46,6 +63,8 @@ def train(
     experiment: str = "thrifty",
     name: str = "thrifty",
     register: bool = True,
+    alias: str = tracking.CHAMPION,
+    propensity_clip: float = 20.0,
     progress: bool = False,
     echo=lambda msg: None,
 ) -> TrainResult:
@@ -61,7 +80,11 @@ def train(
     train_idx, test_idx = split_by_prompt(matrix, test_size, seed)
     steps.update(1)
     steps.set_postfix_str(f"fit {predictor} on {len(train_idx)} prompts x {len(matrix.models)} models")
-    router = fit_router(matrix.subset(train_idx), prices, predictor=predictor, seed=seed)
+    weights = propensity_weights(matrix, propensity_clip)
+    if weights is not None:
+        echo(f"logs carry propensities: inverse-propensity weights (clipped at {propensity_clip:g})")
+        weights = weights[train_idx]
+    router = fit_router(matrix.subset(train_idx), prices, predictor=predictor, seed=seed, weights=weights)
     steps.update(1)
     test = matrix.subset(test_idx)
     metrics = evaluate_router(router, test)
@@ -81,6 +104,8 @@ def train(
             "catalog_models": len(catalog),
             "inferred_prices": ",".join(inferred)[:500] or "none",
             "train_prompts": len(train_idx),
+            "propensity_weighted": weights is not None,
+            "alias": alias,
             "test_prompts": len(test_idx),
         }
         with tracking.start_run(experiment, run_name=f"train-{predictor}") as run:
@@ -97,7 +122,9 @@ def train(
                 mlflow.log_artifacts(str(tmp))
             steps.update(1)
             result.run_id = run.info.run_id
-            result.version = tracking.register_router(router, name, tags={"data_sha256": params["data_sha256"], "predictor": predictor})
+            result.version = tracking.register_router(
+                router, name, alias=alias, tags={"data_sha256": params["data_sha256"], "predictor": predictor}
+            )
     steps.update(steps.total - steps.n)
     steps.close()
     return result
