@@ -1,0 +1,237 @@
+"""The HTTP app: OpenAI- and Anthropic-compatible endpoints in front of the router.
+
+``create_app(config)`` builds a FastAPI app; the router, catalog, profiles,
+store and provider pool are loaded once by its lifespan (parts passed in are
+used as given). Nothing is created at import time.
+
+Endpoints::
+
+    POST /v1/chat/completions   OpenAI Chat Completions (streaming or not)
+    POST /v1/messages           Anthropic Messages (streaming or not)
+    GET  /v1/models             router profiles and catalog models
+    POST /v1/route              the decision only, no upstream call
+    POST /v1/feedback           attach an outcome to a past decision
+    GET  /healthz               liveness and what is loaded
+    GET  /metrics               Prometheus metrics (no auth)
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from models.catalog import Catalog
+from models.providers import ProviderPool
+from router.profiles import Profile
+from router.router import Router
+from serving import completion
+from serving.auth import authenticate
+from serving.config import ServingConfig, get_config
+from serving.errors import InvalidRequest, NotFound, install_error_handlers
+from serving.prompt import routing_text
+from serving.routing import LoadedRouter
+from serving.schemas import (
+    AnthropicMessagesRequest,
+    FeedbackRequest,
+    OpenAIChatRequest,
+    RouteRequest,
+    read_json_body,
+    validate,
+)
+from serving.services import Services, build_services
+from serving.store import OutcomeStore
+
+log = logging.getLogger("thrifty.serving")
+
+ENDPOINTS = frozenset({"/v1/chat/completions", "/v1/messages", "/v1/models", "/v1/route", "/v1/feedback"})
+
+
+# -- dependencies -----------------------------------------------------------------------
+
+
+def get_services(request: Request) -> Services:
+    return request.app.state.services
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+def require_client(request: Request, services: ServicesDep) -> str:
+    return authenticate(request, services.client_keys)
+
+
+ClientDep = Annotated[str, Depends(require_client)]
+
+
+async def json_body(request: Request, services: ServicesDep, client: ClientDep) -> dict:
+    # depends on the client: a request without a valid key is refused before its body is read
+    return await read_json_body(request, services.config.max_body_bytes)
+
+
+BodyDep = Annotated[dict, Depends(json_body)]
+
+
+# -- metrics middleware ---------------------------------------------------------------------
+
+
+class RequestMetrics:
+    """Counts every response by endpoint and status, and times it to its last byte (pure ASGI: streams stay streams)."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        services: Services | None = getattr(scope.get("app").state, "services", None) if scope.get("app") else None
+        if scope["type"] != "http" or services is None or scope["path"] in ("/metrics", "/healthz"):
+            await self.app(scope, receive, send)
+            return
+        metrics = services.metrics
+        endpoint = scope["path"] if scope["path"] in ENDPOINTS else "other"  # bounded label values
+        started = time.perf_counter()
+        status = {"code": 500}
+        metrics.in_flight.inc()
+
+        async def send_wrapper(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            metrics.in_flight.dec()
+            metrics.requests.labels(endpoint, str(status["code"])).inc()
+            metrics.request_latency.labels(endpoint).observe(time.perf_counter() - started)
+
+
+# -- the app ---------------------------------------------------------------------------------
+
+
+def create_app(
+    config: ServingConfig | None = None,
+    *,
+    router: Router | LoadedRouter | None = None,
+    providers: ProviderPool | None = None,
+    store: OutcomeStore | None = None,
+    catalog: Catalog | None = None,
+    profiles: dict[str, Profile] | None = None,
+) -> FastAPI:
+    config = config or get_config()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        services = build_services(config, router=router, providers=providers, store=store, catalog=catalog, profiles=profiles)
+        if not services.client_keys:
+            log.warning("no api_keys configured: thrifty accepts requests without a key")
+        app.state.services = services
+        try:
+            yield
+        finally:
+            await services.aclose()
+
+    app = FastAPI(title="thrifty", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
+    install_error_handlers(app)
+    app.add_middleware(RequestMetrics)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request, services: ServicesDep, client: ClientDep, body: BodyDep):
+        parsed = validate(OpenAIChatRequest, body)
+        return await completion.handle_completion(services, request, client, "openai", body, parsed.thrifty)
+
+    @app.post("/v1/messages")
+    async def messages(request: Request, services: ServicesDep, client: ClientDep, body: BodyDep):
+        parsed = validate(AnthropicMessagesRequest, body)
+        return await completion.handle_completion(services, request, client, "anthropic", body, parsed.thrifty)
+
+    @app.get("/v1/models")
+    async def list_models(request: Request, services: ServicesDep, client: ClientDep):
+        return models_listing(services, anthropic_style="anthropic-version" in request.headers)
+
+    @app.post("/v1/route")
+    async def route(request: Request, services: ServicesDep, client: ClientDep, body: BodyDep):
+        parsed = validate(RouteRequest, body)
+        return await route_only(services, request, client, body, parsed)
+
+    @app.post("/v1/feedback")
+    async def feedback(services: ServicesDep, client: ClientDep, body: BodyDep):
+        parsed = validate(FeedbackRequest, body)
+        return await add_feedback(services, parsed)
+
+    @app.get("/healthz")
+    async def healthz(services: ServicesDep):
+        loaded = services.routers.get()
+        return {
+            "status": "ok",
+            "router_version": loaded.version,
+            "models": len(services.catalog),
+            "profiles": sorted(services.routing.profiles),
+        }
+
+    @app.get("/metrics")
+    async def metrics(services: ServicesDep):
+        return Response(services.metrics.render(), media_type=services.metrics.content_type)
+
+    return app
+
+
+def create_app_from_env() -> FastAPI:
+    """Factory for ``uvicorn --factory`` (and ``--workers N``): the config of ``$THRIFTY_SERVE_CONFIG``."""
+    return create_app(get_config())
+
+
+# -- thrifty's own endpoints -----------------------------------------------------------------
+
+
+def models_listing(services: Services, *, anthropic_style: bool = False) -> dict[str, Any]:
+    entries = [(name, "thrifty", "router profile") for name in sorted(services.routing.profiles)]
+    entries += [(spec.id, spec.vendor or spec.provider, spec.upstream) for spec in services.catalog
+                if spec.id not in services.routing.profiles]
+    if anthropic_style:
+        data = [{"id": i, "type": "model", "display_name": f"{i} ({d})", "created_at": "1970-01-01T00:00:00Z"}
+                for i, _, d in entries]
+        return {"data": data, "has_more": False, "first_id": data[0]["id"] if data else None,
+                "last_id": data[-1]["id"] if data else None}
+    return {"object": "list", "data": [{"id": i, "object": "model", "created": 0, "owned_by": o} for i, o, _ in entries]}
+
+
+async def route_only(services: Services, request: Request, client: str, body: dict, parsed: RouteRequest) -> JSONResponse:
+    constraints = completion.constraints_from(request.headers, parsed.thrifty, body)
+    if parsed.prompt is None and not parsed.messages:
+        raise InvalidRequest("give either 'prompt' or a non-empty 'messages'", param="messages")
+    text = routing_text({k: v for k, v in body.items() if k != "thrifty"})
+    decision = completion.decide(services, parsed.model, text, constraints)
+    decision_id = completion.new_decision_id()
+    record = completion.new_record(
+        services, decision_id=decision_id, endpoint=request.url.path, client=client, requested=parsed.model,
+        text=text, decision=decision, constraints=constraints, stream=False, status="routed",
+    )
+    await services.store.write(record)
+    payload = {
+        "decision_id": decision_id,
+        "model": decision.model,
+        "policy": decision.policy,
+        "knob": record.knob,
+        "fallback": decision.fallback,
+        "propensity": decision.propensity,
+        "router_version": decision.router_version,
+        "candidates": record.candidates,
+    }
+    return JSONResponse(payload, headers=completion.decision_headers(decision_id, decision))
+
+
+async def add_feedback(services: Services, parsed: FeedbackRequest) -> dict[str, Any]:
+    if (parsed.success is None) == (parsed.score is None):
+        raise InvalidRequest("give exactly one of 'success' (0 or 1) or 'score' (in [0, 1])", param="success")
+    if parsed.success is not None and parsed.success not in (0.0, 1.0):
+        raise InvalidRequest("'success' must be 0 or 1; send a graded outcome as 'score'", param="success")
+    value = parsed.success if parsed.success is not None else parsed.score
+    known = await services.store.add_feedback(parsed.decision_id, float(value), parsed.source, parsed.score_raw)
+    if not known:
+        raise NotFound(f"no decision with id {parsed.decision_id!r}", param="decision_id", code="decision_not_found")
+    return {"decision_id": parsed.decision_id, "success": float(value), "source": parsed.source, "status": "recorded"}

@@ -1,0 +1,246 @@
+"""One chat request, either format: constraints, decision, dispatch, response, record.
+
+Shared by ``POST /v1/chat/completions`` (``fmt="openai"``) and
+``POST /v1/messages`` (``fmt="anthropic"``). The record of an answered
+request is committed before the response completes: before the JSON body is
+returned, or before the final event of a stream (``[DONE]`` /
+``message_stop``) is sent.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+from typing import Any, AsyncIterator, Mapping
+
+import anyio
+from fastapi import Request
+from fastapi.responses import JSONResponse
+
+from models.providers import UpstreamError
+from router.decision import Decision
+from serving import sse
+from serving.errors import InvalidRequest, ServingError, error_body, from_upstream
+from serving.prompt import routing_text
+from serving.routing import Constraints
+from serving.schemas import ThriftyOptions
+from serving.services import Services
+from serving.store import DecisionRecord
+from serving.usage import Usage
+
+Body = dict[str, Any]
+
+HEADER_MIN_QUALITY = "x-thrifty-min-quality"
+HEADER_MAX_COST = "x-thrifty-max-cost"
+HEADER_ALLOWED = "x-thrifty-allowed-models"
+HEADER_TASK = "x-thrifty-task"
+
+
+def new_decision_id() -> str:
+    # time-ordered prefix: ids sort by creation, which keeps the store's index local
+    return f"dec_{time.time_ns():x}{uuid.uuid4().hex[:12]}"
+
+
+def _header_float(headers: Mapping[str, str], name: str, low: float, high: float) -> float | None:
+    value = headers.get(name)
+    if value is None or value.strip() == "":
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        raise InvalidRequest(f"header {name} must be a number, got {value!r}", param=name) from None
+    if not (math.isfinite(number) and low <= number <= high):
+        raise InvalidRequest(f"header {name} must be between {low} and {high}, got {value!r}", param=name)
+    return number
+
+
+def constraints_from(headers: Mapping[str, str], options: ThriftyOptions | None, body: Body | None = None) -> Constraints:
+    """Constraints from headers and the ``thrifty`` body field; when both are given, both apply."""
+    allowed_header = headers.get(HEADER_ALLOWED)
+    allowed = tuple(m.strip() for m in allowed_header.split(",") if m.strip()) if allowed_header else None
+    if allowed_header is not None and not allowed:
+        raise InvalidRequest(f"header {HEADER_ALLOWED} names no model", param=HEADER_ALLOWED)
+    from_headers = Constraints(
+        min_quality=_header_float(headers, HEADER_MIN_QUALITY, 0.0, 1.0),
+        max_cost=_header_float(headers, HEADER_MAX_COST, 0.0, math.inf),
+        allowed_models=allowed,
+        task=headers.get(HEADER_TASK) or _metadata_task(body),
+    )
+    if options is None:
+        return from_headers
+    from_body = Constraints(
+        min_quality=options.min_quality,
+        max_cost=options.max_cost,
+        allowed_models=tuple(options.allowed_models) if options.allowed_models is not None else None,
+        task=options.task,
+    )
+    return from_headers.narrowed(from_body)
+
+
+def _metadata_task(body: Body | None) -> str | None:
+    metadata = (body or {}).get("metadata")
+    task = metadata.get("task") if isinstance(metadata, dict) else None
+    return task if isinstance(task, str) and task else None
+
+
+def decision_headers(decision_id: str, decision: Decision, answered: str | None = None) -> dict[str, str]:
+    model = answered or decision.model
+    candidate = next((c for c in decision.candidates if c.model == model), decision.chosen)
+    headers = {
+        "x-thrifty-decision-id": decision_id,
+        "x-thrifty-model": model,
+        "x-thrifty-expected-cost": f"{candidate.expected_cost:.8f}",
+        "x-thrifty-policy": decision.policy,
+    }
+    if math.isfinite(candidate.p_success):
+        headers["x-thrifty-p-success"] = f"{candidate.p_success:.4f}"
+    if decision.router_version:
+        headers["x-thrifty-router-version"] = decision.router_version
+    return headers
+
+
+def candidates_json(decision: Decision) -> list[dict]:
+    return [
+        {
+            "model": c.model,
+            "p_success": c.p_success if math.isfinite(c.p_success) else None,
+            "expected_cost": c.expected_cost,
+            "expected_input_tokens": c.expected_input_tokens,
+            "expected_output_tokens": c.expected_output_tokens,
+            "acceptable": c.acceptable,
+        }
+        for c in decision.candidates
+    ]
+
+
+def new_record(
+    services: Services, *, decision_id: str, endpoint: str, client: str, requested: str, text: str,
+    decision: Decision, constraints: Constraints, stream: bool, status: str,
+) -> DecisionRecord:
+    config = services.config
+    return DecisionRecord(
+        decision_id=decision_id,
+        ts=time.time(),
+        endpoint=endpoint,
+        client=client,
+        requested_model=requested,
+        task=constraints.task,
+        prompt=None if config.redact_prompts else text,
+        prompt_chars=len(text),
+        router_version=decision.router_version,
+        policy=decision.policy,
+        knob=decision.knob if math.isfinite(decision.knob) else None,
+        fallback=decision.fallback,
+        explored=decision.explored,
+        candidates=candidates_json(decision),
+        chosen_model=decision.model,
+        propensity=decision.propensity,
+        status=status,
+        stream=stream,
+    )
+
+
+def decide(services: Services, requested: str, text: str, constraints: Constraints) -> Decision:
+    started = time.perf_counter()
+    decision = services.routing.decide(requested, text, constraints)
+    services.metrics.routing_latency.observe(time.perf_counter() - started)
+    services.metrics.decisions.labels(decision.extra.get("profile", requested), decision.model).inc()
+    return decision
+
+
+async def handle_completion(
+    services: Services, request: Request, client: str, fmt: str, body: Body, options: ThriftyOptions | None
+) -> Any:
+    endpoint = request.url.path
+    constraints = constraints_from(request.headers, options, body)
+    body = {k: v for k, v in body.items() if k != "thrifty"}
+    requested, stream = body["model"], bool(body.get("stream"))
+    text = routing_text(body)
+    decision = decide(services, requested, text, constraints)
+    decision_id = new_decision_id()
+    record = new_record(
+        services, decision_id=decision_id, endpoint=endpoint, client=client, requested=requested, text=text,
+        decision=decision, constraints=constraints, stream=stream, status="ok",
+    )
+    started = time.perf_counter()
+    try:
+        if stream:
+            include_usage = bool((body.get("stream_options") or {}).get("include_usage")) if fmt == "openai" else False
+            opened = await services.dispatcher.open_stream(
+                fmt, body, decision.ranking, record.attempts,
+                include_usage=include_usage, keep_text=services.config.store_responses,
+            )
+        else:
+            answer = await services.dispatcher.complete(fmt, body, decision.ranking, record.attempts)
+    except (UpstreamError, ServingError) as exc:
+        error = from_upstream(exc, services.secrets) if isinstance(exc, UpstreamError) else exc
+        record.status, record.http_status = "error", error.status
+        record.error_kind = exc.kind if isinstance(exc, UpstreamError) else type(exc).__name__
+        record.latency_s = time.perf_counter() - started
+        await services.store.write(record)
+        error.headers = {**error.headers, **decision_headers(decision_id, decision)}
+        raise error from None
+
+    headers = decision_headers(decision_id, decision, answered=(opened if stream else answer).spec.id)
+    if not stream:
+        _finish_record(services, record, answer.spec, answer.usage, started, answer.finish_reason, answer.text)
+        await services.store.write(record)
+        return JSONResponse(answer.body, headers=headers)
+    return sse.EventStreamResponse(
+        _stream_events(services, fmt, opened, record, started), headers={**headers, **sse.HEADERS}
+    )
+
+
+def _finish_record(services: Services, record: DecisionRecord, spec, usage: Usage, started: float,
+                   finish_reason: str | None, text: str | None) -> None:
+    record.answered_model = spec.id
+    record.input_tokens, record.output_tokens = usage.input_tokens, usage.output_tokens
+    record.cost_usd = spec.cost(usage.input_tokens, usage.output_tokens)
+    record.latency_s = time.perf_counter() - started
+    record.finish_reason = finish_reason
+    if services.config.store_responses:
+        record.response = text
+    services.metrics.spend.labels(spec.id).inc(record.cost_usd)
+    services.metrics.tokens.labels(spec.id, "input").inc(usage.input_tokens)
+    services.metrics.tokens.labels(spec.id, "output").inc(usage.output_tokens)
+
+
+async def _stream_events(services: Services, fmt: str, opened, record: DecisionRecord, started: float) -> AsyncIterator[bytes]:
+    """The SSE body: client-format events, the record committed before the final event."""
+    attempt = record.attempts[-1]
+    written = False
+
+    async def finish(error: UpstreamError | None, status: str = "ok") -> None:
+        nonlocal written
+        if written:
+            return
+        written = True
+        watcher = opened.watcher
+        services.dispatcher.finish_attempt(attempt, opened.spec, watcher.usage, error)
+        _finish_record(services, record, opened.spec, watcher.usage, started, watcher.finish_reason, watcher.text)
+        if error is not None:
+            record.status, record.error_kind = "error", error.kind
+        elif status != "ok":
+            record.status = status
+        await services.store.write(record)
+
+    try:
+        async for event in opened.events:
+            if fmt == "anthropic" and event.get("type") == "message_stop":
+                await finish(None)
+            yield sse.encode(fmt, event)
+        if fmt == "openai":
+            await finish(None)
+            yield sse.OPENAI_DONE
+        else:
+            await finish(None)
+    except UpstreamError as exc:
+        await finish(exc)
+        error = from_upstream(exc, services.secrets)
+        yield sse.encode_error(fmt, error_body(fmt, error))
+    finally:
+        if not written:  # the client went away mid-stream: close the upstream, keep the record
+            with anyio.CancelScope(shield=True):
+                await opened.events.aclose()
+                await finish(None, status="client_closed")

@@ -1,0 +1,157 @@
+"""The server's configuration: a YAML file, overridable by ``THRIFTY_SERVE_*`` variables.
+
+Precedence, highest first: keyword arguments (the CLI's ``--host``/``--port``
+...), environment (``THRIFTY_SERVE_PORT=9000``, nested with ``__``:
+``THRIFTY_SERVE_UPSTREAMS__OPENAI__API_KEY``), the YAML file, defaults.
+Paths left unset default to thrifty's home (``models.settings``).
+
+Example::
+
+    router_uri: models:/thrifty@champion      # or a .joblib file
+    catalog: [my-models.yaml]
+    api_keys:                                 # client keys, by name
+      app-frontend: thr-...
+    upstreams:
+      openai: {api_key_env: OPENAI_API_KEY}
+      anthropic: {api_key: sk-ant-..., base_url: https://api.anthropic.com}
+    store_path: ~/.thrifty/outcomes.db
+    redact_prompts: false
+
+Nothing is read at import time; :func:`get_config` caches the config of the
+process (tests pass a config to ``create_app`` or call ``get_config.cache_clear()``).
+"""
+
+from __future__ import annotations
+
+import os
+from contextvars import ContextVar
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
+
+from models.settings import get_settings
+
+CONFIG_ENV = "THRIFTY_SERVE_CONFIG"
+_config_file: ContextVar[Path | None] = ContextVar("thrifty_serve_config_file", default=None)
+
+
+class UpstreamConfig(BaseModel):
+    """Key and base URL for one provider family, used when a catalog entry does not name its own."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    api_key: SecretStr | None = None
+    api_key_env: str | None = None
+    base_url: str | None = None
+
+    def resolved_key(self) -> str | None:
+        if self.api_key is not None:
+            return self.api_key.get_secret_value()
+        if self.api_key_env:
+            return os.environ.get(self.api_key_env) or None
+        return None
+
+
+class ServingConfig(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="THRIFTY_SERVE_", env_nested_delimiter="__", extra="forbid", validate_default=True
+    )
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    workers: int = Field(default=1, ge=1)
+
+    router_uri: str | None = Field(default=None, description="default: models:/<registry_name>@champion")
+    catalog: list[Path] = Field(default_factory=list, description="catalog files on top of the shipped one")
+    include_default_catalog: bool = True
+    profiles_dir: Path | None = Field(default=None, description="default: <home>/profiles")
+    default_profile: str = "thrifty"
+
+    api_keys: dict[str, SecretStr] = Field(default_factory=dict, description="client name -> router API key")
+    upstreams: dict[str, UpstreamConfig] = Field(default_factory=dict, description="openai / anthropic / openai-compatible")
+
+    store_path: Path | None = Field(default=None, description="default: <home>/outcomes.db")
+    redact_prompts: bool = False
+    store_responses: bool = False
+
+    max_body_bytes: int = Field(default=8 * 1024 * 1024, gt=0)
+    upstream_timeout_s: float = Field(default=600.0, gt=0)
+    connect_timeout_s: float = Field(default=10.0, gt=0)
+    upstream_max_retries: int = Field(default=0, ge=0, description="SDK-level retries per candidate")
+    max_attempts: int = Field(default=1, ge=1, description="candidates tried per request (fail-over)")
+    default_max_tokens: int = Field(default=4096, gt=0)
+
+    @field_validator("api_keys")
+    @classmethod
+    def _keys_not_empty(cls, value: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        for name, key in value.items():
+            if len(key.get_secret_value()) < 8:
+                raise ValueError(f"api key {name!r} is too short (at least 8 characters)")
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        path = _config_file.get()
+        if path is not None:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=path))
+        return tuple(sources)
+
+    # -- resolved values -----------------------------------------------------
+    @property
+    def resolved_router_uri(self) -> str:
+        return self.router_uri or f"models:/{get_settings().registry_name}@champion"
+
+    @property
+    def resolved_profiles_dir(self) -> Path:
+        return (self.profiles_dir or get_settings().profiles_dir).expanduser()
+
+    @property
+    def resolved_store_path(self) -> Path:
+        return (self.store_path or get_settings().home_dir / "outcomes.db").expanduser()
+
+    @property
+    def resolved_catalog(self) -> list[Path]:
+        return [p.expanduser() for p in (self.catalog or get_settings().catalog)]
+
+    def client_keys(self) -> dict[str, str]:
+        """Router API key -> client name."""
+        return {key.get_secret_value(): name for name, key in self.api_keys.items()}
+
+    def upstream_secrets(self) -> list[str]:
+        """Every upstream key this config knows, to scrub from anything shown or stored."""
+        keys = [u.resolved_key() for u in self.upstreams.values()]
+        return [k for k in keys if k]
+
+
+class ConfigError(ValueError):
+    """The configuration file or values are invalid."""
+
+
+def load_config(path: str | Path | None = None, **overrides: Any) -> ServingConfig:
+    """The config from ``path`` (or ``$THRIFTY_SERVE_CONFIG``), the environment and ``overrides``."""
+    path = path or os.environ.get(CONFIG_ENV)
+    if path is not None:
+        path = Path(path).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+    token = _config_file.set(path)
+    try:
+        return ServingConfig(**{k: v for k, v in overrides.items() if v is not None})
+    finally:
+        _config_file.reset(token)
+
+
+@lru_cache(maxsize=1)
+def get_config() -> ServingConfig:
+    return load_config()

@@ -1,0 +1,50 @@
+"""Prometheus metrics of one app, in a registry of its own (never the process-global one).
+
+With ``--workers N`` each worker process counts its own traffic; scrape each
+worker, or run one worker per instance.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+
+class Metrics:
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "thrifty_requests", "HTTP requests answered, by endpoint and status code", ["endpoint", "status"], registry=r
+        )
+        self.request_latency = Histogram(
+            "thrifty_request_latency_seconds", "Time to answer a request (to the last byte of a stream)",
+            ["endpoint"], buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.decisions = Counter(
+            "thrifty_decisions", "Routing decisions, by requested profile (or passthrough) and chosen model",
+            ["profile", "model"], registry=r,
+        )
+        self.spend = Counter("thrifty_spend_usd", "Upstream spend in USD, by answering model", ["model"], registry=r)
+        self.tokens = Counter(
+            "thrifty_tokens", "Upstream tokens, by model and direction (input/output)", ["model", "direction"], registry=r
+        )
+        self.upstream_latency = Histogram(
+            "thrifty_upstream_latency_seconds", "Upstream call time, by model", ["model"], buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.upstream_errors = Counter(
+            "thrifty_upstream_errors", "Failed upstream calls, by model and error kind", ["model", "kind"], registry=r
+        )
+        self.routing_latency = Histogram(
+            "thrifty_routing_latency_seconds", "Time to make a routing decision",
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25), registry=r,
+        )
+        self.in_flight = Gauge("thrifty_requests_in_flight", "Requests being answered", registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,232 @@
+"""From a request's ``model`` name and constraints to a :class:`router.Decision`.
+
+* a router profile (``thrifty``, or a tuned profile by name) is routed by the
+  router that profile names, under its policy;
+* a catalog model id is passed through unrouted: a one-candidate decision,
+  still scored by the router when it knows the model, so it is logged alike;
+* anything else is an unknown model (404).
+
+Routers live in a :class:`RouterHolder`, whose ``swap`` replaces one
+atomically: a request takes a snapshot once and decides with it, so a
+champion hot-swapped mid-request never mixes two routers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import threading
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable, Mapping
+
+from models.catalog import Catalog
+from models.tokens import count_tokens
+from router.decision import Candidate, Decision
+from router.profiles import Profile
+from router.router import Router, RoutingError
+from serving.errors import InvalidRequest, UnknownModel
+
+log = logging.getLogger("thrifty.serving")
+
+PASSTHROUGH = "passthrough"
+
+
+@dataclass(frozen=True)
+class Constraints:
+    """What a request allows: a minimum predicted success, a maximum expected cost (USD), a model list."""
+
+    min_quality: float | None = None
+    max_cost: float | None = None
+    allowed_models: tuple[str, ...] | None = None
+    task: str | None = None
+
+    def narrowed(self, other: "Constraints") -> "Constraints":
+        """Both sets of constraints at once: the stricter bound, the intersection of model lists."""
+
+        def pick(a, b, stricter):
+            return b if a is None else a if b is None else stricter(a, b)
+
+        allowed = self.allowed_models
+        if other.allowed_models is not None:
+            allowed = other.allowed_models if allowed is None else tuple(m for m in allowed if m in other.allowed_models)
+        return Constraints(
+            min_quality=pick(self.min_quality, other.min_quality, max),
+            max_cost=pick(self.max_cost, other.max_cost, min),
+            allowed_models=allowed,
+            task=other.task or self.task,
+        )
+
+
+@dataclass(frozen=True)
+class LoadedRouter:
+    router: Router
+    uri: str
+    version: str
+
+
+def router_version(uri: str) -> str:
+    """A stable name for the router behind ``uri``: registry name/version, or file name and content hash."""
+    if uri.startswith("models:/"):
+        try:
+            from mlflow import MlflowClient
+
+            name, _, ref = uri[len("models:/"):].partition("@")
+            if ref:
+                return f"{name}/{MlflowClient().get_model_version_by_alias(name, ref).version}"
+        except Exception:  # the version is informative only
+            pass
+        return uri
+    path = Path(uri)
+    if path.is_file():
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+        return f"{path.name}@{digest}"
+    return uri
+
+
+def load_router_uri(uri: str) -> LoadedRouter:
+    """Load a router from a registry URI or a ``.joblib`` file.
+
+    Registry URIs resolve against thrifty's MLflow store (the embedded SQLite
+    store under ``THRIFTY_HOME``, or ``MLFLOW_TRACKING_URI``), as training writes it.
+    """
+    from router.persist import load_router
+
+    if not uri.endswith(".joblib"):
+        import mlflow
+
+        from models.settings import get_settings
+
+        tracking = get_settings().resolved_tracking_uri
+        mlflow.set_tracking_uri(tracking)
+        mlflow.set_registry_uri(tracking)
+    return LoadedRouter(load_router(uri), uri, router_version(uri))
+
+
+class RouterHolder:
+    """The routers in force by URI; ``swap`` replaces one atomically."""
+
+    def __init__(self, routers: Mapping[str, LoadedRouter], default_uri: str):
+        if default_uri not in routers:
+            raise ValueError(f"default router {default_uri!r} is not loaded")
+        self._routers = dict(routers)
+        self.default_uri = default_uri
+        self._lock = threading.Lock()
+
+    def get(self, uri: str | None = None) -> LoadedRouter:
+        routers = self._routers  # one read of the reference: a consistent snapshot
+        return routers[uri or self.default_uri]
+
+    def swap(self, loaded: LoadedRouter) -> None:
+        with self._lock:
+            self._routers = {**self._routers, loaded.uri: loaded}
+
+    @property
+    def uris(self) -> list[str]:
+        return list(self._routers)
+
+
+class Routing:
+    """Decides a request: profile -> routed decision, catalog id -> passthrough."""
+
+    def __init__(
+        self,
+        holder: RouterHolder,
+        catalog: Catalog,
+        profiles: Mapping[str, Profile],
+        *,
+        default_profile: str = "thrifty",
+        tokens: Callable[[str], int] = count_tokens,
+    ):
+        self.holder = holder
+        self.catalog = catalog
+        self.prices = catalog.prices()
+        self.profiles = dict(profiles)
+        self.default_profile = default_profile
+        self.tokens = tokens
+        # Without a profile file of its name, the default profile decides with the router's own policy.
+        self._router_policy = set()
+        if default_profile not in self.profiles:
+            self.profiles[default_profile] = Profile(name=default_profile)
+            self._router_policy.add(default_profile)
+        for name in self.profiles:
+            if name in catalog:
+                log.warning("profile %r shadows the catalog model of the same id; the profile wins", name)
+
+    def is_profile(self, name: str) -> bool:
+        return name in self.profiles
+
+    def decide(self, model: str, text: str, constraints: Constraints = Constraints()) -> Decision:
+        if model in self.profiles:
+            return self._route(self.profiles[model], text, constraints)
+        if model in self.catalog:
+            return self._passthrough(model, text, constraints)
+        raise UnknownModel(
+            f"The model '{model}' does not exist: use a router profile ({', '.join(sorted(self.profiles))}) "
+            "or a catalog model id (GET /v1/models)",
+            param="model",
+        )
+
+    def _route(self, profile: Profile, text: str, constraints: Constraints) -> Decision:
+        loaded = self.holder.get(profile.router_uri if profile.router_uri in self.holder.uris else None)
+        router = loaded.router
+        allowed = self._allowed(router, profile, constraints)
+        policy = None if profile.name in self._router_policy else profile.make_policy()
+        try:
+            decision = router.route(
+                text,
+                self.prices,
+                policy,
+                allowed=allowed,
+                min_quality=constraints.min_quality,
+                max_cost=constraints.max_cost,
+                version=loaded.version,
+            )
+        except RoutingError as exc:
+            raise InvalidRequest(str(exc), param="allowed_models") from None
+        return replace(decision, extra={"profile": profile.name})
+
+    def _allowed(self, router: Router, profile: Profile, constraints: Constraints) -> list[str] | None:
+        known = [m for m in router.models_ if m in self.catalog]
+        allowed = known
+        for narrowing, where in ((profile.allowed, f"profile {profile.name!r}"), (constraints.allowed_models, "allowed_models")):
+            if narrowing is None:
+                continue
+            unknown = [m for m in narrowing if m not in self.catalog]
+            if unknown and where == "allowed_models":
+                raise InvalidRequest(f"allowed_models names unknown model(s): {', '.join(unknown)}", param="allowed_models")
+            allowed = [m for m in allowed if m in narrowing]
+        if not allowed:
+            raise InvalidRequest(
+                f"no allowed model is known to the router (it routes among {', '.join(known)})", param="allowed_models"
+            )
+        return allowed if len(allowed) < len(router.models_) else None
+
+    def _passthrough(self, model: str, text: str, constraints: Constraints) -> Decision:
+        if constraints.allowed_models is not None and model not in constraints.allowed_models:
+            raise InvalidRequest(f"model {model!r} is not in allowed_models", param="allowed_models")
+        loaded = self.holder.get()
+        input_tokens = float(self.tokens(text))
+        p, out_tokens = math.nan, 0.0
+        if model in loaded.router.models_:
+            # Score the model anyway, so passthrough traffic is logged like routed traffic.
+            scores = loaded.router.score([text], self.prices, [model])
+            p, out_tokens = float(scores.p[0, 0]), float(scores.output_tokens[0, 0])
+        candidate = Candidate(
+            model=model,
+            p_success=p,
+            expected_input_tokens=input_tokens,
+            expected_output_tokens=out_tokens,
+            expected_cost=self.catalog.get(model).cost(input_tokens, out_tokens),
+            acceptable=True,
+        )
+        return Decision(
+            model=model,
+            candidates=(candidate,),
+            policy=PASSTHROUGH,
+            knob=math.nan,
+            fallback=False,
+            router_version=loaded.version,
+            extra={"profile": PASSTHROUGH},
+        )

@@ -1,0 +1,102 @@
+"""Everything a request handler needs, built once when the app starts.
+
+:func:`build_services` loads the catalog, the profiles and their routers, opens
+the outcome store and prepares the provider pool; parts given to
+``create_app`` (a fitted router, providers, a store) are used as they are.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from models.catalog import Catalog, load_catalog
+from models.providers import ProviderPool, UpstreamSettings
+from router.profiles import Profile, load_profiles
+from router.router import Router
+from serving.config import ServingConfig
+from serving.dispatch import Dispatcher
+from serving.metrics import Metrics
+from serving.routing import LoadedRouter, RouterHolder, Routing, load_router_uri, router_version
+from serving.store import OutcomeStore
+
+log = logging.getLogger("thrifty.serving")
+
+
+@dataclass
+class Services:
+    config: ServingConfig
+    catalog: Catalog
+    routers: RouterHolder
+    routing: Routing
+    pool: ProviderPool
+    dispatcher: Dispatcher
+    store: OutcomeStore
+    metrics: Metrics
+    client_keys: dict[str, str] = field(repr=False, default_factory=dict)  # key -> client name
+    secrets: list[str] = field(repr=False, default_factory=list)  # upstream keys, scrubbed from messages
+
+    async def aclose(self) -> None:
+        await self.pool.aclose()
+        self.store.close()
+
+
+def _pool(config: ServingConfig) -> ProviderPool:
+    upstreams = {
+        name: UpstreamSettings(api_key=u.resolved_key(), base_url=u.base_url) for name, u in config.upstreams.items()
+    }
+    return ProviderPool(
+        upstreams,
+        timeout=config.upstream_timeout_s,
+        connect_timeout=config.connect_timeout_s,
+        max_retries=config.upstream_max_retries,
+    )
+
+
+def build_services(
+    config: ServingConfig,
+    *,
+    router: Router | LoadedRouter | None = None,
+    providers: ProviderPool | None = None,
+    store: OutcomeStore | None = None,
+    catalog: Catalog | None = None,
+    profiles: dict[str, Profile] | None = None,
+) -> Services:
+    catalog = catalog or load_catalog(config.resolved_catalog, include_default=config.include_default_catalog)
+    profiles = profiles if profiles is not None else load_profiles(config.resolved_profiles_dir)
+
+    default_uri = config.resolved_router_uri
+    if router is None:
+        loaded = load_router_uri(default_uri)
+    elif isinstance(router, Router):
+        loaded = LoadedRouter(router, default_uri, router_version(default_uri) if default_uri.endswith(".joblib") else "injected")
+    else:
+        loaded = router
+    routers = {loaded.uri: loaded}
+    for profile in profiles.values():  # each profile's own router, loaded once, now
+        if profile.router_uri and profile.router_uri not in routers:
+            routers[profile.router_uri] = load_router_uri(profile.router_uri)
+    holder = RouterHolder(routers, loaded.uri)
+
+    missing = [m for m in loaded.router.models_ if m not in catalog]
+    if missing:
+        log.warning("router models missing from the catalog are never chosen: %s", ", ".join(missing))
+
+    metrics = Metrics()
+    pool = providers or _pool(config)
+    store = (store or OutcomeStore(config.resolved_store_path)).open()
+    secrets = config.upstream_secrets() + [k for k in (pool.upstreams[n].api_key for n in pool.upstreams) if k]
+    return Services(
+        config=config,
+        catalog=catalog,
+        routers=holder,
+        routing=Routing(holder, catalog, profiles, default_profile=config.default_profile),
+        pool=pool,
+        dispatcher=Dispatcher(
+            catalog, pool, metrics=metrics, default_max_tokens=config.default_max_tokens, max_attempts=config.max_attempts
+        ),
+        store=store,
+        metrics=metrics,
+        client_keys=config.client_keys(),
+        secrets=secrets,
+    )

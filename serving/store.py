@@ -1,0 +1,302 @@
+"""The outcome store: every routed request, every upstream attempt, and feedback, in one SQLite file.
+
+SQLite in WAL mode (readers never block the writer; ``thrifty logs export``
+can read while the server writes). All writes go through one writer thread
+with a queue, so the event loop never waits on disk and the connection is
+never shared between threads; ``await store.write(...)`` returns once the
+record is committed, and the server awaits it *before* a response completes,
+so an answered request's record survives the process being killed
+(``synchronous=NORMAL`` in WAL mode loses nothing on a process crash; only an
+OS crash can drop the last commits).
+
+Tables::
+
+    decisions  one row per request: decision, prompt, chosen/answered model, usage, cost, latency, status
+    attempts   one row per upstream call made for a decision (fail-over adds rows)
+    feedback   outcomes attached later by decision id (the latest one counts)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import queue
+import sqlite3
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS decisions (
+    decision_id     TEXT PRIMARY KEY,
+    ts              REAL NOT NULL,
+    endpoint        TEXT NOT NULL,
+    client          TEXT,
+    requested_model TEXT NOT NULL,
+    task            TEXT,
+    prompt          TEXT,
+    prompt_chars    INTEGER,
+    router_version  TEXT,
+    policy          TEXT,
+    knob            REAL,
+    fallback        INTEGER,
+    candidates      TEXT NOT NULL,
+    chosen_model    TEXT NOT NULL,
+    propensity      REAL NOT NULL,
+    explored        INTEGER NOT NULL DEFAULT 0,
+    answered_model  TEXT,
+    input_tokens    INTEGER,
+    output_tokens   INTEGER,
+    cost_usd        REAL,
+    latency_s       REAL,
+    status          TEXT NOT NULL,
+    error_kind      TEXT,
+    http_status     INTEGER,
+    stream          INTEGER NOT NULL DEFAULT 0,
+    finish_reason   TEXT,
+    response        TEXT
+);
+CREATE INDEX IF NOT EXISTS decisions_ts ON decisions (ts);
+CREATE TABLE IF NOT EXISTS attempts (
+    decision_id   TEXT NOT NULL,
+    n             INTEGER NOT NULL,
+    model         TEXT NOT NULL,
+    ts            REAL NOT NULL,
+    latency_s     REAL,
+    status        TEXT NOT NULL,
+    error_kind    TEXT,
+    http_status   INTEGER,
+    input_tokens  INTEGER,
+    output_tokens INTEGER,
+    cost_usd      REAL,
+    PRIMARY KEY (decision_id, n)
+);
+CREATE TABLE IF NOT EXISTS feedback (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    decision_id TEXT NOT NULL,
+    ts          REAL NOT NULL,
+    success     REAL NOT NULL,
+    score_raw   REAL,
+    source      TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS feedback_decision ON feedback (decision_id);
+"""
+
+
+@dataclass
+class AttemptRecord:
+    model: str
+    ts: float
+    latency_s: float | None = None
+    status: str = "ok"  # ok | error
+    error_kind: str | None = None
+    http_status: int | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    cost_usd: float | None = None
+
+
+@dataclass
+class DecisionRecord:
+    decision_id: str
+    ts: float
+    endpoint: str
+    requested_model: str
+    candidates: list[dict]
+    chosen_model: str
+    propensity: float
+    status: str  # ok | error | routed (decision only) | client_closed
+    client: str | None = None
+    task: str | None = None
+    prompt: str | None = None
+    prompt_chars: int | None = None
+    router_version: str | None = None
+    policy: str | None = None
+    knob: float | None = None
+    fallback: bool = False
+    explored: bool = False
+    answered_model: str | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    cost_usd: float | None = None
+    latency_s: float | None = None
+    error_kind: str | None = None
+    http_status: int | None = None
+    stream: bool = False
+    finish_reason: str | None = None
+    response: str | None = None
+    attempts: list[AttemptRecord] = field(default_factory=list)
+
+    def row(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("attempts")
+        data["candidates"] = json.dumps(self.candidates, default=_json_default)
+        data["fallback"] = int(self.fallback)
+        data["explored"] = int(self.explored)
+        data["stream"] = int(self.stream)
+        return data
+
+
+def _json_default(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, timeout=30.0, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA busy_timeout=30000")  # other workers write to the same file
+    conn.row_factory = sqlite3.Row
+    return conn
+
+
+_STOP = object()
+
+
+class OutcomeStore:
+    """The SQLite outcome store with a single writer thread.
+
+    ``await write(record)``: commit a decision and its attempts.
+    ``submit(record)``: the same, without waiting (for paths that cannot await, e.g. a cancelled stream).
+    ``await add_feedback(...)``: attach an outcome; False when the decision id is unknown.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path).expanduser()
+        self._queue: queue.Queue = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    # -- lifecycle -------------------------------------------------------------
+    def open(self) -> "OutcomeStore":
+        if self._thread is None:
+            conn = connect(self.path)
+            conn.executescript(SCHEMA)
+            conn.close()
+            self._thread = threading.Thread(target=self._run, name="thrifty-store-writer", daemon=True)
+            self._thread.start()
+        return self
+
+    def close(self) -> None:
+        """Write everything queued, then stop the writer."""
+        if self._thread is not None and not self._closed:
+            self._closed = True
+            self._queue.put(_STOP)
+            self._thread.join()
+            self._thread = None
+
+    def _run(self) -> None:
+        conn = connect(self.path)
+        try:
+            while True:
+                item = self._queue.get()
+                if item is _STOP:
+                    break
+                job, future = item
+                if not future.set_running_or_notify_cancel():
+                    continue
+                try:
+                    future.set_result(job(conn))
+                except BaseException as exc:  # report to the waiter, keep the writer alive
+                    try:
+                        conn.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        pass
+                    future.set_exception(exc)
+        finally:
+            conn.close()
+
+    def _submit(self, job: Callable[[sqlite3.Connection], Any]) -> Future:
+        if self._thread is None:
+            raise RuntimeError("the outcome store is not open")
+        future: Future = Future()
+        self._queue.put((job, future))
+        return future
+
+    # -- writes ----------------------------------------------------------------
+    def submit(self, record: DecisionRecord) -> Future:
+        return self._submit(lambda conn: _insert(conn, record))
+
+    async def write(self, record: DecisionRecord) -> None:
+        await asyncio.wrap_future(self.submit(record))
+
+    async def add_feedback(self, decision_id: str, success: float, source: str, score_raw: float | None = None) -> bool:
+        def job(conn: sqlite3.Connection) -> bool:
+            conn.execute("BEGIN IMMEDIATE")
+            known = conn.execute("SELECT 1 FROM decisions WHERE decision_id = ?", (decision_id,)).fetchone()
+            if known:
+                conn.execute(
+                    "INSERT INTO feedback (decision_id, ts, success, score_raw, source) VALUES (?, ?, ?, ?, ?)",
+                    (decision_id, time.time(), success, score_raw, source),
+                )
+            conn.execute("COMMIT")
+            return bool(known)
+
+        return await asyncio.wrap_future(self._submit(job))
+
+    # -- reads (any thread; a fresh connection each time) ------------------------
+    def decision(self, decision_id: str) -> dict | None:
+        conn = connect(self.path)
+        try:
+            row = conn.execute("SELECT * FROM decisions WHERE decision_id = ?", (decision_id,)).fetchone()
+            if row is None:
+                return None
+            out = dict(row)
+            out["candidates"] = json.loads(out["candidates"])
+            out["attempts"] = [
+                dict(r) for r in conn.execute("SELECT * FROM attempts WHERE decision_id = ? ORDER BY n", (decision_id,))
+            ]
+            out["feedback"] = [
+                dict(r) for r in conn.execute("SELECT * FROM feedback WHERE decision_id = ? ORDER BY id", (decision_id,))
+            ]
+            return out
+        finally:
+            conn.close()
+
+
+def _insert(conn: sqlite3.Connection, record: DecisionRecord) -> None:
+    row = record.row()
+    columns = ", ".join(row)
+    marks = ", ".join(f":{k}" for k in row)
+    conn.execute("BEGIN")
+    conn.execute(f"INSERT OR REPLACE INTO decisions ({columns}) VALUES ({marks})", row)
+    conn.execute("DELETE FROM attempts WHERE decision_id = ?", (record.decision_id,))
+    conn.executemany(
+        "INSERT INTO attempts (decision_id, n, model, ts, latency_s, status, error_kind, http_status,"
+        " input_tokens, output_tokens, cost_usd) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            (record.decision_id, n, a.model, a.ts, a.latency_s, a.status, a.error_kind, a.http_status,
+             a.input_tokens, a.output_tokens, a.cost_usd)
+            for n, a in enumerate(record.attempts)
+        ],
+    )
+    conn.execute("COMMIT")
+
+
+def read_joined(path: str | Path, *, include_unlabeled: bool = False, statuses: Iterable[str] = ("ok",)) -> list[dict]:
+    """Decisions joined with their latest feedback (rows without feedback only if asked)."""
+    conn = connect(Path(path).expanduser())
+    statuses = tuple(statuses)
+    try:
+        join = "LEFT JOIN" if include_unlabeled else "JOIN"
+        sql = f"""
+            SELECT d.*, f.success AS fb_success, f.score_raw AS fb_score_raw, f.source AS fb_source
+            FROM decisions d
+            {join} (
+                SELECT decision_id, success, score_raw, source,
+                       ROW_NUMBER() OVER (PARTITION BY decision_id ORDER BY id DESC) AS rn
+                FROM feedback
+            ) f ON f.decision_id = d.decision_id AND f.rn = 1
+            WHERE d.status IN ({", ".join("?" for _ in statuses)})
+            ORDER BY d.ts
+        """
+        return [dict(r) for r in conn.execute(sql, statuses)]
+    finally:
+        conn.close()

@@ -1,0 +1,216 @@
+"""The outcome loop: serve -> feedback -> export -> read back -> fit a router on real traffic; and the CLI."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import anthropic
+import httpx
+import numpy as np
+import openai
+import pandas as pd
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from models.outcomes import OPTIONAL_COLUMNS, OUTCOME_COLUMNS, REQUIRED_COLUMNS
+from tests.fakes.server import serve_in_thread
+from tests.serving_fixtures import (  # noqa: F401  (fixtures)
+    CLIENT_KEY,
+    HARD,
+    MODELS,
+    PRICES,
+    fake,
+    fake_server,
+    make_config,
+    router_path,
+)
+
+EASY_QUESTIONS = ["hello, what time is it in Tokyo?", "hello, name a fruit", "hello, say hi back", "hello, what is 2 plus 2?"]
+HARD_QUESTIONS = ["prove that sqrt 2 is irrational", "prove the triangle inequality", "prove that 7 is prime",
+                  "prove that the harmonic series diverges"]
+
+
+@pytest.fixture
+def fresh_thrifty(fake_server, router_path, tmp_path):
+    """A thrifty of its own, with an empty store."""
+    from serving.app import create_app
+
+    config = make_config(tmp_path, fake_server[1], router_path, redact_prompts=False)
+    with serve_in_thread(create_app(config)) as server:
+        yield server.url, config
+
+
+def serve_traffic(url: str) -> list[tuple[str, str, bool]]:
+    """Requests through both SDKs; returns (decision id, answering model, hard?) per request."""
+    oc = openai.OpenAI(base_url=f"{url}/v1", api_key=CLIENT_KEY, max_retries=0)
+    ac = anthropic.Anthropic(base_url=url, api_key=CLIENT_KEY, max_retries=0)
+    served = []
+    for round_ in range(3):
+        for i, question in enumerate(EASY_QUESTIONS + HARD_QUESTIONS):
+            hard = question.startswith("prove")
+            # Force every model now and then, so each one has outcomes of both kinds.
+            forced = MODELS[(i + round_) % len(MODELS)] if (i + round_) % 3 == 0 else None
+            extra = {"thrifty": {"task": "proofs" if hard else "chat", **({"allowed_models": [forced]} if forced else {})}}
+            text = f"{question} (round {round_})"
+            if (i + round_) % 2:
+                raw = oc.chat.completions.with_raw_response.create(
+                    model="thrifty", messages=[{"role": "user", "content": text}], extra_body=extra, stream=bool(i % 4 == 1))
+            else:
+                raw = ac.messages.with_raw_response.create(
+                    model="thrifty", max_tokens=64, messages=[{"role": "user", "content": text}], extra_body=extra)
+            if hasattr(raw, "parse"):
+                parsed = raw.parse()
+                if isinstance(parsed, openai.Stream):
+                    for _ in parsed:
+                        pass
+            served.append((raw.headers["x-thrifty-decision-id"], raw.headers["x-thrifty-model"], hard))
+    return served
+
+
+def test_serve_feedback_export_train_round_trip(fake, fresh_thrifty, tmp_path):
+    url, config = fresh_thrifty
+    served = serve_traffic(url)
+    labeled = served[:-4]  # the last few get no feedback
+    for decision_id, model, hard in labeled:
+        success = 0 if hard and model in ("oai-mini", "claude-small") else 1
+        response = httpx.post(f"{url}/v1/feedback", headers={"authorization": f"Bearer {CLIENT_KEY}"},
+                              json={"decision_id": decision_id, "success": success, "source": "test"})
+        assert response.status_code == 200
+    # a routed-only decision with feedback is not an outcome: no model answered it
+    routed = httpx.post(f"{url}/v1/route", headers={"authorization": f"Bearer {CLIENT_KEY}"}, json={"prompt": "hello"}).json()
+    httpx.post(f"{url}/v1/feedback", headers={"authorization": f"Bearer {CLIENT_KEY}"},
+               json={"decision_id": routed["decision_id"], "success": 1})
+
+    from serving.cli import logs
+
+    out = tmp_path / "served.parquet"
+    result = CliRunner().invoke(logs, ["export", "--store", str(config.resolved_store_path), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    frame = pd.read_parquet(out)
+
+    # canonical schema
+    assert set(REQUIRED_COLUMNS) <= set(frame.columns) and set(OUTCOME_COLUMNS) <= set(frame.columns)
+    for column, dtype in {**OUTCOME_COLUMNS, **{c: OPTIONAL_COLUMNS[c] for c in ("propensity", "decision_id")}}.items():
+        assert str(frame[column].dtype) == str(pd.Series([], dtype=dtype).dtype), column
+    assert len(frame) == len(labeled) and frame["prompt_id"].is_unique
+    assert set(frame["prompt_id"]) == {d for d, _, _ in labeled}
+    assert (frame["dataset"] == "served").all() and (frame["cost_source"] == "observed").all()
+    assert set(frame["task"]) == {"proofs", "chat"}
+    assert (frame["propensity"] == 1.0).all() and (frame["feedback_source"] == "test").all()
+    by_id = frame.set_index("decision_id")
+    for decision_id, model, hard in labeled:
+        row = by_id.loc[decision_id]
+        assert row["model"] == model and row["prompt"].startswith(("hello", "prove"))
+        assert row["success"] == (0 if hard and model in ("oai-mini", "claude-small") else 1)
+        assert row["input_tokens"] > 0 and row["output_tokens"] > 0 and row["cost_usd"] > 0 and row["latency_s"] > 0
+
+    # unlabeled rows on request, in other formats
+    for suffix, reader in ((".jsonl", lambda p: pd.read_json(p, lines=True)), (".csv", pd.read_csv)):
+        path = tmp_path / f"all{suffix}"
+        result = CliRunner().invoke(logs, ["export", "--store", str(config.resolved_store_path), "--out", str(path), "--include-unlabeled"])
+        assert result.exit_code == 0, result.output
+        everything = reader(path)
+        assert len(everything) == len(served) and everything["success"].isna().sum() == len(served) - len(labeled)
+
+    # train on the exported frame (wide: prompts x models, NaN where a model was not called)
+    from models.prices import Price, PriceTable
+    from router import LogisticSuccess, Router, TextFeaturizer
+
+    wide_s = frame.pivot_table(index="prompt_id", columns="model", values="success", aggfunc="mean")
+    wide_t = frame.pivot_table(index="prompt_id", columns="model", values="output_tokens", aggfunc="mean")
+    models = list(wide_s.columns)
+    texts = frame.drop_duplicates("prompt_id").set_index("prompt_id").loc[wide_s.index, "prompt"].tolist()
+    prices = PriceTable({m: Price(*PRICES[m]) for m in models})
+    router = Router(featurizer=TextFeaturizer(n_components=4, min_df=1), success=LogisticSuccess())
+    router.fit(texts, wide_s.to_numpy(), wide_t.reindex(columns=models).to_numpy(), models, prices)
+    decision = router.route("prove that 11 is prime", prices)
+    assert decision.model in models and len(decision.candidates) == len(models)
+
+
+def test_export_refuses_unknown_formats_and_missing_store(tmp_path):
+    from serving.cli import logs
+
+    result = CliRunner().invoke(logs, ["export", "--store", str(tmp_path / "none.db"), "--out", str(tmp_path / "x.parquet")])
+    assert result.exit_code != 0 and "no outcome store" in result.output
+    from serving.store import OutcomeStore
+
+    OutcomeStore(tmp_path / "s.db").open().close()
+    result = CliRunner().invoke(logs, ["export", "--store", str(tmp_path / "s.db"), "--out", str(tmp_path / "x.xlsx")])
+    assert result.exit_code != 0 and "unsupported output format" in result.output
+
+
+def test_redacted_prompts_are_not_stored(fake, fake_server, router_path, tmp_path):
+    from serving.app import create_app
+
+    config = make_config(tmp_path, fake_server[1], router_path, redact_prompts=True)
+    app = create_app(config)
+    with serve_in_thread(app) as server:
+        oc = openai.OpenAI(base_url=f"{server.url}/v1", api_key=CLIENT_KEY, max_retries=0)
+        raw = oc.chat.completions.with_raw_response.create(model="thrifty", messages=[{"role": "user", "content": "my secret plan"}])
+        record = app.state.services.store.decision(raw.headers["x-thrifty-decision-id"])
+    assert record["prompt"] is None and record["prompt_chars"] > 0
+    assert b"my secret plan" not in b"".join(p.read_bytes() for p in tmp_path.glob("outcomes.db*"))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_thrifty_serve_command_starts_from_a_config_file(fake, fake_server, router_path, tmp_path):
+    config = make_config(tmp_path, fake_server[1], router_path)
+    data = yaml.safe_load(config.model_dump_json())
+    data["api_keys"] = {"tests": CLIENT_KEY}
+    data["upstreams"] = {"openai": {"api_key_env": "TEST_OPENAI_KEY"}, "anthropic": {"api_key_env": "TEST_ANTHROPIC_KEY"}}
+    path = tmp_path / "thrifty.yaml"
+    path.write_text(yaml.safe_dump(data))
+    port = _free_port()
+    from tests.serving_fixtures import ANTHROPIC_UPSTREAM_KEY, OPENAI_UPSTREAM_KEY
+
+    env = {**os.environ, "TEST_OPENAI_KEY": OPENAI_UPSTREAM_KEY, "TEST_ANTHROPIC_KEY": ANTHROPIC_UPSTREAM_KEY}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "thrifty.cli", "serve", "--config", str(path), "--port", str(port), "--log-level", "warning"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None, proc.stdout.read().decode()
+            assert time.monotonic() < deadline, "thrifty serve did not start"
+            time.sleep(0.1)
+        ac = anthropic.Anthropic(base_url=f"http://127.0.0.1:{port}", api_key=CLIENT_KEY, max_retries=0)
+        message = ac.messages.create(model="thrifty", max_tokens=20, messages=[{"role": "user", "content": "prove it"}])
+        assert message.model in MODELS and message.content[0].text.startswith("Answer from")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+    assert np.isfinite(proc.returncode)
+
+
+def test_default_router_is_the_registry_champion(fake, fake_server, router_path, tmp_path, thrifty_home):
+    """With no router_uri, thrifty serves models:/thrifty@champion from the embedded MLflow store."""
+    from fastapi.testclient import TestClient
+
+    from router.persist import load_router_file
+    from serving.app import create_app
+    from training.tracking import register_router, start_run
+
+    with start_run("thrifty-tests"):
+        version = register_router(load_router_file(router_path), "thrifty")
+    config = make_config(tmp_path, fake_server[1], router_path, router_uri=None)
+    with TestClient(create_app(config)) as client:
+        health = client.get("/healthz").json()
+        assert health["router_version"] == f"thrifty/{version}"
+        decision = client.post("/v1/route", json={"prompt": HARD}, headers={"x-api-key": CLIENT_KEY}).json()
+        assert decision["model"] == "claude-large" and decision["router_version"] == f"thrifty/{version}"
