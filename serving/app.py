@@ -130,6 +130,8 @@ def create_app(
         if not services.client_keys:
             log.warning("no api_keys configured: thrifty accepts requests without a key")
         app.state.services = services
+        if services.watcher is not None:
+            services.watcher.start()
         try:
             yield
         finally:

@@ -84,6 +84,10 @@ class ServingConfig(BaseSettings):
     max_attempts: int = Field(default=1, ge=1, description="candidates tried per request (fail-over)")
     default_max_tokens: int = Field(default=4096, gt=0)
 
+    explore_epsilon: float = Field(default=0.0, ge=0, le=1, description="share of routed traffic spent exploring acceptable models")
+    explore_seed: int | None = Field(default=None, description="seed of the exploration draws (tests, simulations)")
+    reload_interval_s: float = Field(default=30.0, ge=0, description="poll the registry alias for a new champion; 0 disables")
+
     @field_validator("api_keys")
     @classmethod
     def _keys_not_empty(cls, value: dict[str, SecretStr]) -> dict[str, SecretStr]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import random
 import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -24,6 +25,7 @@ from typing import Callable, Mapping
 from models.catalog import Catalog
 from models.tokens import count_tokens
 from router.decision import Candidate, Decision
+from router.explore import explore
 from router.profiles import Profile
 from router.router import Router, RoutingError
 from serving.errors import InvalidRequest, UnknownModel
@@ -138,8 +140,12 @@ class Routing:
         *,
         default_profile: str = "thrifty",
         tokens: Callable[[str], int] = count_tokens,
+        explore_epsilon: float = 0.0,
+        rng: random.Random | None = None,
     ):
         self.holder = holder
+        self.explore_epsilon = explore_epsilon
+        self.rng = rng or random.Random()
         self.catalog = catalog
         self.prices = catalog.prices()
         self.profiles = dict(profiles)
@@ -185,6 +191,9 @@ class Routing:
             )
         except RoutingError as exc:
             raise InvalidRequest(str(exc), param="allowed_models") from None
+        # Exploration spends a share of routed traffic on other acceptable models,
+        # recording each choice's probability so the logs can train and evaluate routers.
+        decision = explore(decision, self.explore_epsilon, self.rng)
         return replace(decision, extra={"profile": profile.name})
 
     def _allowed(self, router: Router, profile: Profile, constraints: Constraints) -> list[str] | None:

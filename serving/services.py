@@ -8,6 +8,7 @@ the outcome store and prepares the provider pool; parts given to
 from __future__ import annotations
 
 import logging
+import random
 from dataclasses import dataclass, field
 
 from models.catalog import Catalog, load_catalog
@@ -17,6 +18,7 @@ from router.router import Router
 from serving.config import ServingConfig
 from serving.dispatch import Dispatcher
 from serving.metrics import Metrics
+from serving.reload import RegistryWatcher
 from serving.routing import LoadedRouter, RouterHolder, Routing, load_router_uri, router_version
 from serving.store import OutcomeStore
 
@@ -33,10 +35,13 @@ class Services:
     dispatcher: Dispatcher
     store: OutcomeStore
     metrics: Metrics
+    watcher: RegistryWatcher | None = None
     client_keys: dict[str, str] = field(repr=False, default_factory=dict)  # key -> client name
     secrets: list[str] = field(repr=False, default_factory=list)  # upstream keys, scrubbed from messages
 
     async def aclose(self) -> None:
+        if self.watcher is not None:
+            await self.watcher.stop()
         await self.pool.aclose()
         self.store.close()
 
@@ -90,7 +95,15 @@ def build_services(
         config=config,
         catalog=catalog,
         routers=holder,
-        routing=Routing(holder, catalog, profiles, default_profile=config.default_profile),
+        routing=Routing(
+            holder,
+            catalog,
+            profiles,
+            default_profile=config.default_profile,
+            explore_epsilon=config.explore_epsilon,
+            rng=random.Random(config.explore_seed),
+        ),
+        watcher=RegistryWatcher(holder, config.reload_interval_s),
         pool=pool,
         dispatcher=Dispatcher(
             catalog, pool, metrics=metrics, default_max_tokens=config.default_max_tokens, max_attempts=config.max_attempts

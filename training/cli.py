@@ -101,3 +101,120 @@ def data_fetch(dataset, url, cache_dir):
     except (OSError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(str(path))
+
+
+@click.command()
+@logs_option
+@click.option("--store", type=click.Path(exists=True, dir_okay=False), default=None, help="a serving outcome store (SQLite); its decisions joined with feedback are exported and used")
+@click.option("--benchmark-logs", "benchmark_logs", multiple=True, type=click.Path(exists=True, dir_okay=False), help="full-matrix benchmark logs to mix in (repeatable)")
+@prices_option
+@catalog_option
+@click.option("--predictor", type=click.Choice(["lightgbm", "logistic", "knn"]), default="lightgbm", show_default=True)
+@click.option("--propensity-clip", default=20.0, show_default=True, help="largest inverse-propensity weight")
+@click.option("--test-size", default=0.2, show_default=True)
+@seed_option
+@click.option("--experiment", default=None)
+@click.option("--name", default=None)
+def retrain(logs, store, benchmark_logs, prices, catalogs, predictor, propensity_clip, test_size, seed, experiment, name):
+    """Retrain on served traffic (propensity-weighted), optionally mixed with benchmark logs; register as challenger."""
+    import subprocess
+    import sys
+    import tempfile
+
+    from training.logs import LogError
+    from training.tracking import CHALLENGER
+    from training.train import train as run_train
+
+    settings = get_settings()
+    paths = [Path(p) for p in (*logs, *benchmark_logs)]
+    with tempfile.TemporaryDirectory() as tmp:
+        if store:
+            # Served logs reach training through storage: the serving CLI exports
+            # the store to a file in the canonical format, training reads the file.
+            exported = Path(tmp) / "served.parquet"
+            proc = subprocess.run(
+                [sys.executable, "-m", "thrifty.cli", "logs", "export", "--store", store, "--out", str(exported)],
+                capture_output=True,
+                text=True,
+            )
+            if proc.returncode != 0:
+                raise click.ClickException(f"exporting {store} failed: {proc.stderr.strip() or proc.stdout.strip()}")
+            paths.append(exported)
+        if not paths:
+            raise click.UsageError("give --logs (exported served logs), --store, and/or --benchmark-logs")
+        try:
+            result = run_train(
+                paths,
+                _catalog(prices, catalogs),
+                predictor=predictor,
+                test_size=test_size,
+                seed=seed,
+                experiment=experiment or settings.experiment,
+                name=name or settings.registry_name,
+                alias=CHALLENGER,
+                propensity_clip=propensity_clip,
+                progress=True,
+                echo=lambda m: click.echo(m, err=True),
+            )
+        except (LogError, ValueError) as exc:
+            raise click.ClickException(str(exc)) from None
+    reg = name or settings.registry_name
+    click.echo(f"registered models:/{reg}/{result.version} as models:/{reg}@challenger (run {result.run_id}); "
+               f"mean AUC on held-out prompts {result.summary()['auc']:.3f}")
+
+
+@click.command()
+@logs_option
+@prices_option
+@catalog_option
+@click.option("--name", default=None, help="registered model name")
+@click.option("--margin", default=0.0, show_default=True, help="how much the challenger's net value per request must exceed the champion's")
+@click.option("--usd-per-success", default=0.01, show_default=True, help="what one success is worth: net value = success - cost / this")
+@click.option("--estimator", type=click.Choice(["dr", "snips", "ips"]), default="dr", show_default=True, help="off-policy estimator for served (partial) logs")
+@click.option("--experiment", default=None)
+def promote(logs, prices, catalogs, name, margin, usd_per_success, estimator, experiment):
+    """Replay champion and challenger on the same held-out logs; promote the challenger if it wins by the margin."""
+    import json
+
+    import mlflow
+    from mlflow import MlflowClient
+
+    from router.persist import load_router
+    from training import tracking
+    from training.dataset import OutcomeMatrix
+    from training.logs import LogError, read_logs
+    from training.promote import compare
+
+    settings = get_settings()
+    reg = name or settings.registry_name
+    catalog = _catalog(prices, catalogs)
+    tracking.configure(settings)
+    client = MlflowClient()
+    try:
+        champ_v = client.get_model_version_by_alias(reg, tracking.CHAMPION)
+        chall_v = client.get_model_version_by_alias(reg, tracking.CHALLENGER)
+    except mlflow.exceptions.MlflowException as exc:
+        raise click.ClickException(f"registered model {reg!r} needs both a champion and a challenger: {exc}") from None
+    champion = load_router(tracking.model_uri(reg, tracking.CHAMPION))
+    challenger = load_router(tracking.model_uri(reg, tracking.CHALLENGER))
+    try:
+        frame = read_logs(_log_paths(logs), catalog.prices())
+        matrix = OutcomeMatrix.from_frame(frame)
+        table = champion.prices_.merged(challenger.prices_).merged(catalog.prices())
+        decision = compare(champion, challenger, matrix, table, margin=margin, usd_per_success=usd_per_success, estimator=estimator)
+    except (LogError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    with tracking.start_run(experiment or settings.experiment, run_name="promote"):
+        mlflow.log_params({"name": reg, "champion_version": champ_v.version, "challenger_version": chall_v.version,
+                           "margin": margin, "usd_per_success": usd_per_success, "method": decision.champion.method,
+                           "logs": ",".join(logs)[:500], "promoted": decision.promote})
+        for role, v in (("champion", decision.champion), ("challenger", decision.challenger)):
+            mlflow.log_metrics({f"{role}/success": v.success, f"{role}/cost": v.cost, f"{role}/value": v.value})
+        mlflow.log_text(json.dumps(decision.to_dict(), indent=2), "promotion.json")
+    if decision.promote:
+        client.set_registered_model_alias(reg, tracking.CHAMPION, str(chall_v.version))
+    a, b = decision.champion, decision.challenger
+    click.echo(f"champion   v{champ_v.version}: success {a.success:.4f}  cost ${a.cost:.6f}  value {a.value:.4f}  ({a.method})")
+    click.echo(f"challenger v{chall_v.version}: success {b.success:.4f}  cost ${b.cost:.6f}  value {b.value:.4f}  ({b.method})")
+    verdict = "promoted: challenger is now champion" if decision.promote else f"kept champion (challenger must win by more than {margin})"
+    click.echo(verdict)

@@ -31,8 +31,11 @@ class TrainResult:
     n_test: int = 0
 
     def summary(self) -> dict[str, float]:
-        vals = list(self.metrics.values())
-        mean = lambda k: float(np.nanmean([v.get(k, np.nan) for v in vals])) if vals else float("nan")  # noqa: E731
+        def mean(key: str) -> float:
+            values = np.array([v.get(key, np.nan) for v in self.metrics.values()], dtype=float)
+            values = values[np.isfinite(values)]
+            return float(values.mean()) if values.size else float("nan")
+
         return {k: mean(k) for k in ("auc", "brier", "log_loss", "token_log_mae")}
 
 
