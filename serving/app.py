@@ -34,6 +34,7 @@ from serving import completion
 from serving.auth import authenticate
 from serving.config import ServingConfig, get_config
 from serving.errors import InvalidRequest, NotFound, install_error_handlers
+from serving.openapi import document
 from serving.prompt import routing_text
 from serving.routing import LoadedRouter
 from serving.schemas import (
@@ -139,6 +140,7 @@ def create_app(
 
     app = FastAPI(title="thrifty", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
     install_error_handlers(app)
+    document(app)  # request bodies in /openapi.json (the handlers read them themselves)
     app.add_middleware(RequestMetrics)
 
     @app.post("/v1/chat/completions")

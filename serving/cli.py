@@ -37,12 +37,16 @@ def serve(config_path, host, port, workers, log_level):
                 os.environ[f"THRIFTY_SERVE_{name}"] = str(value)
         uvicorn.run(
             "serving.app:create_app_from_env", factory=True, host=config.host, port=config.port,
-            workers=config.workers, log_level=log_level,
+            workers=config.workers, log_level=log_level, timeout_graceful_shutdown=config.graceful_shutdown_s,
         )
         return
     from serving.app import create_app
 
-    uvicorn.run(create_app(config), host=config.host, port=config.port, log_level=log_level)
+    # SIGTERM/SIGINT: stop accepting, let requests in flight finish (their records are written), then exit
+    uvicorn.run(
+        create_app(config), host=config.host, port=config.port, log_level=log_level,
+        timeout_graceful_shutdown=config.graceful_shutdown_s,
+    )
 
 
 @click.group()

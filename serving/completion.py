@@ -4,11 +4,21 @@ Shared by ``POST /v1/chat/completions`` (``fmt="openai"``) and
 ``POST /v1/messages`` (``fmt="anthropic"``). The record of an answered
 request is committed before the response completes: before the JSON body is
 returned, or before the final event of a stream (``[DONE]`` /
-``message_stop``) is sent.
+``message_stop``) is sent. Every request that reaches dispatch is recorded,
+whatever its end: answered, refused (budget), failed upstream, failed inside
+thrifty, or abandoned by its client.
+
+The request's deadline starts when it arrives; fail-over is the dispatcher's
+(:mod:`serving.dispatch`). A stream that fails after its first bytes reached
+the client ends with an error event in the client's dialect (OpenAI:
+``data: {"error": {...}}``, Anthropic: ``event: error``), never with
+``[DONE]`` or ``message_stop``: the SDKs raise instead of returning a
+truncated answer as complete, and the record says ``error``.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 import uuid
@@ -18,10 +28,11 @@ import anyio
 from fastapi import Request
 from fastapi.responses import JSONResponse
 
-from models.providers import UpstreamError
+from models.providers import UpstreamError, UpstreamStreamError
 from router.decision import Decision
 from serving import sse
 from serving.errors import InvalidRequest, ServingError, error_body, from_upstream
+from serving.reliability import Deadline, failover_order
 from serving.prompt import routing_text
 from serving.routing import Constraints
 from serving.schemas import ThriftyOptions
@@ -30,6 +41,7 @@ from serving.store import DecisionRecord
 from serving.usage import Usage
 
 Body = dict[str, Any]
+log = logging.getLogger("thrifty.serving")
 
 HEADER_MIN_QUALITY = "x-thrifty-min-quality"
 HEADER_MAX_COST = "x-thrifty-max-cost"
@@ -152,6 +164,7 @@ def decide(services: Services, requested: str, text: str, constraints: Constrain
 async def handle_completion(
     services: Services, request: Request, client: str, fmt: str, body: Body, options: ThriftyOptions | None
 ) -> Any:
+    deadline = Deadline(services.config.deadline_s)
     endpoint = request.url.path
     constraints = constraints_from(request.headers, options, body)
     body = {k: v for k, v in body.items() if k != "thrifty"}
@@ -163,26 +176,46 @@ async def handle_completion(
         services, decision_id=decision_id, endpoint=endpoint, client=client, requested=requested, text=text,
         decision=decision, constraints=constraints, stream=stream, status="ok",
     )
+    candidates = failover_order(decision, include_unacceptable=services.config.failover_to_unacceptable)
     started = time.perf_counter()
     try:
+        if services.budgets is not None and services.budgets.enabled:
+            record.reservation = await services.budgets.admit(client, decision_id, body, decision.ranking)
         if stream:
             include_usage = bool((body.get("stream_options") or {}).get("include_usage")) if fmt == "openai" else False
             opened = await services.dispatcher.open_stream(
-                fmt, body, decision.ranking, record.attempts,
+                fmt, body, candidates, record.attempts,
                 include_usage=include_usage, keep_text=services.config.store_responses,
+                deadline=deadline, ranking=decision.ranking,
             )
         else:
-            answer = await services.dispatcher.complete(fmt, body, decision.ranking, record.attempts)
+            answer = await services.dispatcher.complete(
+                fmt, body, candidates, record.attempts, deadline=deadline, ranking=decision.ranking
+            )
     except (UpstreamError, ServingError) as exc:
         error = from_upstream(exc, services.secrets) if isinstance(exc, UpstreamError) else exc
         record.status, record.http_status = "error", error.status
-        record.error_kind = exc.kind if isinstance(exc, UpstreamError) else type(exc).__name__
+        record.error_kind = exc.kind if isinstance(exc, UpstreamError) else (exc.kind or type(exc).__name__)
         record.latency_s = time.perf_counter() - started
         await services.store.write(record)
-        error.headers = {**error.headers, **decision_headers(decision_id, decision)}
+        error.headers = {**error.headers, **decision_headers(decision_id, decision), **_attempt_headers(record)}
         raise error from None
+    except Exception:
+        # a fault inside thrifty: still logged (the generic 500 follows)
+        record.status, record.http_status, record.error_kind = "error", 500, "internal"
+        record.latency_s = time.perf_counter() - started
+        await services.store.write(record)
+        raise
+    except BaseException:
+        # cancelled (the graceful-shutdown timeout ran out): still logged
+        record.status, record.error_kind = "error", "cancelled"
+        record.latency_s = time.perf_counter() - started
+        with anyio.CancelScope(shield=True):
+            await services.store.write(record)
+        raise
 
-    headers = decision_headers(decision_id, decision, answered=(opened if stream else answer).spec.id)
+    headers = {**decision_headers(decision_id, decision, answered=(opened if stream else answer).spec.id),
+               **_attempt_headers(record)}
     if not stream:
         _finish_record(services, record, answer.spec, answer.usage, started, answer.finish_reason, answer.text)
         await services.store.write(record)
@@ -190,6 +223,11 @@ async def handle_completion(
     return sse.EventStreamResponse(
         _stream_events(services, fmt, opened, record, started), headers={**headers, **sse.HEADERS}
     )
+
+
+def _attempt_headers(record: DecisionRecord) -> dict[str, str]:
+    calls = sum(1 for a in record.attempts if a.status != "skipped")
+    return {"x-thrifty-attempts": str(calls)}
 
 
 def _finish_record(services: Services, record: DecisionRecord, spec, usage: Usage, started: float,
@@ -207,7 +245,10 @@ def _finish_record(services: Services, record: DecisionRecord, spec, usage: Usag
 
 
 async def _stream_events(services: Services, fmt: str, opened, record: DecisionRecord, started: float) -> AsyncIterator[bytes]:
-    """The SSE body: client-format events, the record committed before the final event."""
+    """The SSE body: client-format events, the record committed before the final event.
+
+    A failure after the first bytes ends the stream with an error event, never with the final event.
+    """
     attempt = record.attempts[-1]
     written = False
 
@@ -217,7 +258,7 @@ async def _stream_events(services: Services, fmt: str, opened, record: DecisionR
             return
         written = True
         watcher = opened.watcher
-        services.dispatcher.finish_attempt(attempt, opened.spec, watcher.usage, error)
+        services.dispatcher.finish_attempt(attempt, opened.spec, watcher.usage, error, verdict=status != "client_closed")
         _finish_record(services, record, opened.spec, watcher.usage, started, watcher.finish_reason, watcher.text)
         if error is not None:
             record.status, record.error_kind = "error", error.kind
@@ -239,6 +280,12 @@ async def _stream_events(services: Services, fmt: str, opened, record: DecisionR
         await finish(exc)
         error = from_upstream(exc, services.secrets)
         yield sse.encode_error(fmt, error_body(fmt, error))
+    except Exception:
+        log.exception("stream of model %s failed inside thrifty", opened.spec.id)
+        failure = UpstreamStreamError("internal error in thrifty while streaming", model=opened.spec.id)
+        failure.kind = "internal"
+        await finish(failure)
+        yield sse.encode_error(fmt, error_body(fmt, ServingError("internal error in thrifty while streaming")))
     finally:
         if not written:  # the client went away mid-stream: close the upstream, keep the record
             with anyio.CancelScope(shield=True):

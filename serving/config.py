@@ -27,9 +27,9 @@ import os
 from contextvars import ContextVar
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
 
 from models.settings import get_settings
@@ -53,6 +53,25 @@ class UpstreamConfig(BaseModel):
         if self.api_key_env:
             return os.environ.get(self.api_key_env) or None
         return None
+
+
+class BudgetConfig(BaseModel):
+    """A spend limit for one client (API key name; ``"*"`` applies to each client without its own).
+
+    ``period``: ``hour``, ``day``, ``week`` or ``month`` (calendar periods in UTC), or a number of seconds.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    amount_usd: float = Field(gt=0)
+    period: Union[Literal["hour", "day", "week", "month"], float] = "day"
+
+    @field_validator("period")
+    @classmethod
+    def _period_positive(cls, value):
+        if isinstance(value, float) and not value > 0:
+            raise ValueError("a period in seconds must be positive")
+        return value
 
 
 class ServingConfig(BaseSettings):
@@ -81,8 +100,23 @@ class ServingConfig(BaseSettings):
     upstream_timeout_s: float = Field(default=600.0, gt=0)
     connect_timeout_s: float = Field(default=10.0, gt=0)
     upstream_max_retries: int = Field(default=0, ge=0, description="SDK-level retries per candidate")
-    max_attempts: int = Field(default=1, ge=1, description="candidates tried per request (fail-over)")
+    max_attempts: int = Field(default=3, ge=1, description="upstream calls per request, fail-over and retries included")
     default_max_tokens: int = Field(default=4096, gt=0)
+
+    # reliability: fail-over along the decision's ranking, deadlines, circuit breakers, graceful drain
+    deadline_s: float = Field(default=60.0, gt=0, description="time to answer a request (a stream: to its first byte)")
+    attempt_timeout_s: float = Field(default=30.0, gt=0, description="one non-streaming upstream call, whole answer")
+    first_token_timeout_s: float = Field(default=20.0, gt=0, description="one streaming call: headers and first token")
+    stream_idle_timeout_s: float = Field(default=30.0, gt=0, description="silence inside a stream that counts as a stall")
+    retry_after_max_s: float = Field(default=5.0, ge=0, description="longest upstream Retry-After waited for (else fail over)")
+    failover_to_unacceptable: bool = Field(default=False, description="also fail over to models the policy ranks unacceptable")
+    breaker_failures: int = Field(default=5, ge=1, description="consecutive failures that take a model out")
+    breaker_cooldown_s: float = Field(default=30.0, gt=0, description="time out before a probe request")
+    graceful_shutdown_s: float = Field(default=30.0, gt=0, description="on SIGTERM: time for in-flight requests to finish")
+    store_synchronous: Literal["NORMAL", "FULL"] = Field(
+        default="NORMAL", description="NORMAL survives a process kill; FULL also an OS crash or power loss"
+    )
+    budgets: dict[str, BudgetConfig] = Field(default_factory=dict, description="client name (or '*') -> spend limit")
 
     explore_epsilon: float = Field(default=0.0, ge=0, le=1, description="share of routed traffic spent exploring acceptable models")
     explore_seed: int | None = Field(default=None, description="seed of the exploration draws (tests, simulations)")
@@ -95,6 +129,14 @@ class ServingConfig(BaseSettings):
             if len(key.get_secret_value()) < 8:
                 raise ValueError(f"api key {name!r} is too short (at least 8 characters)")
         return value
+
+    @model_validator(mode="after")
+    def _budgets_name_clients(self) -> "ServingConfig":
+        known = set(self.api_keys) | {"*", "anonymous"}
+        unknown = sorted(set(self.budgets) - known)
+        if unknown:
+            raise ValueError(f"budgets name unknown client(s) {unknown}: use names of api_keys or '*'")
+        return self
 
     @classmethod
     def settings_customise_sources(

@@ -35,6 +35,7 @@ class ServingError(Exception):
     openai_type = "server_error"
     anthropic_type = "api_error"
     code: str | None = None
+    kind: str | None = None  # what the store records as error_kind (default: the class name)
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None, headers: dict | None = None):
         super().__init__(message)
@@ -115,6 +116,23 @@ class GatewayTimeout(ServingError):
     openai_type = "server_error"
     anthropic_type = "timeout_error"
     code = "upstream_timeout"
+
+
+class ModelsUnavailable(UpstreamOverloaded):
+    """Every model the request may use is out (circuit breakers open): retry after ``retry-after``."""
+
+    code = "models_unavailable"
+    kind = "circuit_open"
+
+
+class BudgetExceeded(ServingError):
+    """The client's spend limit for the period cannot cover this request's maximum cost."""
+
+    status = 429
+    openai_type = "insufficient_quota"
+    anthropic_type = "rate_limit_error"
+    code = "budget_exceeded"
+    kind = "budget"
 
 
 def from_upstream(exc: upstream.UpstreamError, secrets: Iterable[str] = ()) -> ServingError:

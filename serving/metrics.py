@@ -45,6 +45,24 @@ class Metrics:
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25), registry=r,
         )
         self.in_flight = Gauge("thrifty_requests_in_flight", "Requests being answered", registry=r)
+        self.failovers = Counter(
+            "thrifty_failovers", "Upstream failures a request moved on from (to another model, or the same after Retry-After)",
+            ["model", "kind"], registry=r,
+        )
+        self.breaker_open = Gauge(
+            "thrifty_circuit_open", "1 while a model's circuit breaker keeps it out (open or half-open)", ["model"], registry=r
+        )
+        self.breaker_transitions = Counter(
+            "thrifty_circuit_transitions", "Circuit breaker state changes, by model and new state", ["model", "state"], registry=r
+        )
+        self.stream_errors = Counter(
+            "thrifty_stream_errors", "Streams ended with an error event after bytes reached the client", ["model", "kind"],
+            registry=r,
+        )
+        self.budget_rejections = Counter(
+            "thrifty_budget_rejections", "Requests refused because the client's budget could not cover them", ["client"],
+            registry=r,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

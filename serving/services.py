@@ -16,8 +16,10 @@ from models.providers import ProviderPool, UpstreamSettings
 from router.profiles import Profile, load_profiles
 from router.router import Router
 from serving.config import ServingConfig
+from serving.budgets import Budgets
 from serving.dispatch import Dispatcher
 from serving.metrics import Metrics
+from serving.reliability import Breakers
 from serving.reload import RegistryWatcher
 from serving.routing import LoadedRouter, RouterHolder, Routing, load_router_uri, router_version
 from serving.store import OutcomeStore
@@ -36,6 +38,7 @@ class Services:
     store: OutcomeStore
     metrics: Metrics
     watcher: RegistryWatcher | None = None
+    budgets: Budgets | None = None
     client_keys: dict[str, str] = field(repr=False, default_factory=dict)  # key -> client name
     secrets: list[str] = field(repr=False, default_factory=list)  # upstream keys, scrubbed from messages
 
@@ -89,8 +92,15 @@ def build_services(
 
     metrics = Metrics()
     pool = providers or _pool(config)
-    store = (store or OutcomeStore(config.resolved_store_path)).open()
+    store = (store or OutcomeStore(config.resolved_store_path, synchronous=config.store_synchronous)).open()
     secrets = config.upstream_secrets() + [k for k in (pool.upstreams[n].api_key for n in pool.upstreams) if k]
+    secrets += list(config.client_keys())  # never echoed either
+
+    def breaker_changed(model: str, state: str) -> None:
+        metrics.breaker_transitions.labels(model, state).inc()
+        metrics.breaker_open.labels(model).set(0 if state == "closed" else 1)
+        (log.info if state == "closed" else log.warning)("circuit breaker of model %s: %s", model, state)
+
     return Services(
         config=config,
         catalog=catalog,
@@ -106,8 +116,15 @@ def build_services(
         watcher=RegistryWatcher(holder, config.reload_interval_s),
         pool=pool,
         dispatcher=Dispatcher(
-            catalog, pool, metrics=metrics, default_max_tokens=config.default_max_tokens, max_attempts=config.max_attempts
+            catalog, pool, metrics=metrics, default_max_tokens=config.default_max_tokens, max_attempts=config.max_attempts,
+            breakers=Breakers(config.breaker_failures, config.breaker_cooldown_s, on_change=breaker_changed),
+            deadline_s=config.deadline_s,
+            attempt_timeout_s=config.attempt_timeout_s,
+            first_token_timeout_s=config.first_token_timeout_s,
+            stream_idle_timeout_s=config.stream_idle_timeout_s,
+            retry_after_max_s=config.retry_after_max_s,
         ),
+        budgets=Budgets(config, store, catalog, metrics),
         store=store,
         metrics=metrics,
         client_keys=config.client_keys(),

@@ -7,13 +7,21 @@ never shared between threads; ``await store.write(...)`` returns once the
 record is committed, and the server awaits it *before* a response completes,
 so an answered request's record survives the process being killed
 (``synchronous=NORMAL`` in WAL mode loses nothing on a process crash; only an
-OS crash can drop the last commits).
+OS crash or power loss can drop the last commits; ``synchronous="FULL"``
+(config ``store_synchronous``) syncs every commit and survives those too).
 
 Tables::
 
     decisions  one row per request: decision, prompt, chosen/answered model, usage, cost, latency, status
     attempts   one row per upstream call made for a decision (fail-over adds rows)
     feedback   outcomes attached later by decision id (the latest one counts)
+    budget_spend         settled spend per client and budget period (survives restarts)
+    budget_reservations  the maximum cost of each request in flight under a budget
+
+Budgets (:mod:`serving.budgets`): ``reserve`` checks and books a request's
+maximum cost in one ``BEGIN IMMEDIATE`` transaction, serialised by the writer
+thread in a process and by SQLite's write lock across worker processes; the
+record's write settles it in the same transaction that stores the decision.
 """
 
 from __future__ import annotations
@@ -84,6 +92,21 @@ CREATE TABLE IF NOT EXISTS feedback (
     source      TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS feedback_decision ON feedback (decision_id);
+CREATE TABLE IF NOT EXISTS budget_spend (
+    client       TEXT NOT NULL,
+    period_start REAL NOT NULL,
+    spent_usd    REAL NOT NULL DEFAULT 0,
+    requests     INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (client, period_start)
+);
+CREATE TABLE IF NOT EXISTS budget_reservations (
+    decision_id  TEXT PRIMARY KEY,
+    client       TEXT NOT NULL,
+    period_start REAL NOT NULL,
+    amount_usd   REAL NOT NULL,
+    expires_at   REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS budget_reservations_client ON budget_reservations (client, period_start);
 """
 
 
@@ -98,6 +121,23 @@ class AttemptRecord:
     input_tokens: int | None = None
     output_tokens: int | None = None
     cost_usd: float | None = None
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """A request's maximum cost, booked against its client's budget until the record settles it."""
+
+    decision_id: str
+    client: str
+    period_start: float
+    amount_usd: float
+
+
+@dataclass(frozen=True)
+class BudgetCheck:
+    admitted: bool
+    spent_usd: float  # settled in the period
+    reserved_usd: float  # held by other requests in flight
 
 
 @dataclass
@@ -130,10 +170,17 @@ class DecisionRecord:
     finish_reason: str | None = None
     response: str | None = None
     attempts: list[AttemptRecord] = field(default_factory=list)
+    reservation: Reservation | None = None  # settled when the record is written
+
+    @property
+    def spend_usd(self) -> float:
+        """What the request cost upstream, every attempt included."""
+        return float(sum(a.cost_usd or 0.0 for a in self.attempts))
 
     def row(self) -> dict[str, Any]:
         data = asdict(self)
         data.pop("attempts")
+        data.pop("reservation")
         data["candidates"] = json.dumps(self.candidates, default=_json_default)
         data["fallback"] = int(self.fallback)
         data["explored"] = int(self.explored)
@@ -147,11 +194,13 @@ def _json_default(value):
     raise TypeError(f"not JSON serializable: {type(value).__name__}")
 
 
-def connect(path: Path) -> sqlite3.Connection:
+def connect(path: Path, synchronous: str = "NORMAL") -> sqlite3.Connection:
+    if synchronous not in ("NORMAL", "FULL"):
+        raise ValueError(f"synchronous must be NORMAL or FULL, got {synchronous!r}")
     path.parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(path, timeout=30.0, isolation_level=None)
     conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute(f"PRAGMA synchronous={synchronous}")
     conn.execute("PRAGMA busy_timeout=30000")  # other workers write to the same file
     conn.row_factory = sqlite3.Row
     return conn
@@ -168,8 +217,9 @@ class OutcomeStore:
     ``await add_feedback(...)``: attach an outcome; False when the decision id is unknown.
     """
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, *, synchronous: str = "NORMAL"):
         self.path = Path(path).expanduser()
+        self.synchronous = synchronous
         self._queue: queue.Queue = queue.Queue()
         self._thread: threading.Thread | None = None
         self._closed = False
@@ -193,7 +243,7 @@ class OutcomeStore:
             self._thread = None
 
     def _run(self) -> None:
-        conn = connect(self.path)
+        conn = connect(self.path, self.synchronous)
         try:
             while True:
                 item = self._queue.get()
@@ -241,6 +291,43 @@ class OutcomeStore:
 
         return await asyncio.wrap_future(self._submit(job))
 
+    async def reserve(self, reservation: Reservation, limit_usd: float, expires_at: float) -> BudgetCheck:
+        """Book ``reservation`` if the period's settled spend, the other reservations and it fit in ``limit_usd``."""
+
+        def job(conn: sqlite3.Connection) -> BudgetCheck:
+            now = time.time()
+            key = (reservation.client, reservation.period_start)
+            conn.execute("BEGIN IMMEDIATE")
+            # reservations of requests that never settled (a killed worker) stop counting when they expire
+            conn.execute("DELETE FROM budget_reservations WHERE expires_at <= ?", (now,))
+            row = conn.execute("SELECT spent_usd FROM budget_spend WHERE client = ? AND period_start = ?", key).fetchone()
+            spent = float(row[0]) if row else 0.0
+            held = float(conn.execute(
+                "SELECT COALESCE(SUM(amount_usd), 0) FROM budget_reservations WHERE client = ? AND period_start = ?", key
+            ).fetchone()[0])
+            admitted = spent + held + reservation.amount_usd <= limit_usd * (1 + 1e-12)
+            if admitted:
+                conn.execute(
+                    "INSERT OR REPLACE INTO budget_reservations (decision_id, client, period_start, amount_usd, expires_at)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    (reservation.decision_id, reservation.client, reservation.period_start, reservation.amount_usd, expires_at),
+                )
+            conn.execute("COMMIT")
+            return BudgetCheck(admitted, spent, held)
+
+        return await asyncio.wrap_future(self._submit(job))
+
+    def budget_spent(self, client: str, period_start: float) -> tuple[float, int]:
+        """Settled spend (USD) and requests of ``client`` in the period starting at ``period_start``."""
+        conn = connect(self.path)
+        try:
+            row = conn.execute(
+                "SELECT spent_usd, requests FROM budget_spend WHERE client = ? AND period_start = ?", (client, period_start)
+            ).fetchone()
+            return (float(row[0]), int(row[1])) if row else (0.0, 0)
+        finally:
+            conn.close()
+
     # -- reads (any thread; a fresh connection each time) ------------------------
     def decision(self, decision_id: str) -> dict | None:
         conn = connect(self.path)
@@ -266,6 +353,8 @@ def _insert(conn: sqlite3.Connection, record: DecisionRecord) -> None:
     columns = ", ".join(row)
     marks = ", ".join(f":{k}" for k in row)
     conn.execute("BEGIN")
+    if record.reservation is not None:
+        _settle(conn, record)
     conn.execute(f"INSERT OR REPLACE INTO decisions ({columns}) VALUES ({marks})", row)
     conn.execute("DELETE FROM attempts WHERE decision_id = ?", (record.decision_id,))
     conn.executemany(
@@ -278,6 +367,20 @@ def _insert(conn: sqlite3.Connection, record: DecisionRecord) -> None:
         ],
     )
     conn.execute("COMMIT")
+
+
+def _settle(conn: sqlite3.Connection, record: DecisionRecord) -> None:
+    """Release the record's reservation and add what it cost, once (a record written again is not charged again)."""
+    r = record.reservation
+    conn.execute("DELETE FROM budget_reservations WHERE decision_id = ?", (r.decision_id,))
+    if conn.execute("SELECT 1 FROM decisions WHERE decision_id = ?", (record.decision_id,)).fetchone():
+        return
+    conn.execute(
+        "INSERT INTO budget_spend (client, period_start, spent_usd, requests) VALUES (?, ?, ?, 1)"
+        " ON CONFLICT (client, period_start) DO UPDATE SET spent_usd = spent_usd + excluded.spent_usd,"
+        " requests = requests + 1",
+        (r.client, r.period_start, record.spend_usd),
+    )
 
 
 def read_joined(path: str | Path, *, include_unlabeled: bool = False, statuses: Iterable[str] = ("ok",)) -> list[dict]:

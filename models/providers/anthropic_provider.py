@@ -8,7 +8,7 @@ import anthropic
 import httpx2
 
 from models.catalog import ModelSpec
-from models.providers.base import Body, EventStream, sdk_parameters, split_body
+from models.providers.base import Body, EventStream, is_connection_failure, sdk_parameters, split_body
 from models.providers.errors import (
     UpstreamConnectionError,
     UpstreamError,
@@ -20,7 +20,7 @@ from models.providers.errors import (
 
 
 def map_anthropic_error(exc: Exception, model: str) -> UpstreamError:
-    if isinstance(exc, anthropic.APITimeoutError):
+    if isinstance(exc, anthropic.APITimeoutError) and not is_connection_failure(exc):
         return UpstreamTimeout(f"timed out calling model {model!r}", model=model)
     if isinstance(exc, anthropic.APIConnectionError):
         return UpstreamConnectionError(f"cannot connect to the upstream of model {model!r}", model=model)
@@ -68,6 +68,8 @@ class AnthropicProvider:
             async for event in stream:
                 yield event.to_dict(mode="json")
         except anthropic.APITimeoutError as exc:
+            if is_connection_failure(exc):
+                raise UpstreamStreamError(f"stream of model {model!r} was cut", model=model) from exc
             raise UpstreamTimeout(f"stream of model {model!r} stalled", model=model) from exc
         except (anthropic.APIConnectionError, httpx2.HTTPError) as exc:
             raise UpstreamStreamError(f"stream of model {model!r} was cut", model=model) from exc

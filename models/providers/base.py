@@ -47,3 +47,20 @@ def split_body(body: Mapping[str, Any], known: frozenset[str]) -> tuple[dict, di
             continue
         (kwargs if key in known else extra)[key] = value
     return kwargs, extra
+
+
+def is_connection_failure(exc: BaseException) -> bool:
+    """Whether an SDK "timeout" was really a refused, reset or dropped connection.
+
+    The SDKs' aiohttp transport reports every aiohttp connection error as a
+    connect *timeout*; the cause chain tells the two apart, so logs and
+    metrics say "connection" for a reset and "timeout" only for a deadline.
+    """
+    seen = 0
+    current: BaseException | None = exc
+    while current is not None and seen < 10:
+        if isinstance(current, ConnectionError) or type(current).__name__ == "ServerDisconnectedError":
+            return True
+        current = current.__cause__ or current.__context__
+        seen += 1
+    return False

@@ -8,7 +8,7 @@ import openai
 import httpx2
 
 from models.catalog import ModelSpec
-from models.providers.base import Body, EventStream, sdk_parameters, split_body
+from models.providers.base import Body, EventStream, is_connection_failure, sdk_parameters, split_body
 from models.providers.errors import (
     UpstreamConnectionError,
     UpstreamError,
@@ -19,7 +19,7 @@ from models.providers.errors import (
 
 
 def map_openai_error(exc: Exception, model: str) -> UpstreamError:
-    if isinstance(exc, openai.APITimeoutError):
+    if isinstance(exc, openai.APITimeoutError) and not is_connection_failure(exc):
         return UpstreamTimeout(f"timed out calling model {model!r}", model=model)
     if isinstance(exc, openai.APIConnectionError):
         return UpstreamConnectionError(f"cannot connect to the upstream of model {model!r}", model=model)
@@ -58,6 +58,8 @@ class OpenAIProvider:
             async for chunk in stream:
                 yield chunk.to_dict(mode="json")
         except openai.APITimeoutError as exc:
+            if is_connection_failure(exc):
+                raise UpstreamStreamError(f"stream of model {model!r} was cut", model=model) from exc
             raise UpstreamTimeout(f"stream of model {model!r} stalled", model=model) from exc
         except (openai.APIConnectionError, httpx2.HTTPError) as exc:
             raise UpstreamStreamError(f"stream of model {model!r} was cut", model=model) from exc

@@ -14,6 +14,9 @@ report, how slowly, and which fault to inject::
     fake.configure("claude-y", status=429, retry_after=2)
     fake.configure("gpt-x", cut_after_chunks=3)        # connection dropped mid-stream
     fake.configure("gpt-x", tool_call={"name": "get_weather", "arguments": {"city": "Paris"}})
+    fake.configure("gpt-x", reset_connection=True)       # TCP reset before any response
+    fake.configure("gpt-x", stall_after_chunks=2)       # stream goes silent after 2 events
+    fake.configure("gpt-x", status=500, fail_rate=0.3)  # a 5xx storm: 30% of calls fail
 
 Every request is recorded (endpoint, model, body, headers) in ``fake.calls``;
 ``fake.count(model=...)`` counts them. With ``api_keys`` set, a request whose
@@ -25,6 +28,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
+import socket
+import struct
 import threading
 import time
 import uuid
@@ -58,8 +64,13 @@ class Behavior:
     error_message: str = "injected failure"
     retry_after: float | None = None  # Retry-After header (with status)
     fail_times: int | None = None  # with status: fail only the first N calls, then answer
+    fail_rate: float | None = None  # with status: fail this share of calls at random (seeded), answer the rest
     delay_before_headers: float = 0.0
     delay_per_chunk: float = 0.0
+    delay_first_chunk: float = 0.0  # headers at once, then this long before the first stream event (slow first token)
+    stall_after_chunks: int | None = None  # go silent after N stream events (for stall_s, then drop the connection)
+    stall_s: float = 30.0
+    reset_connection: bool = False  # reset the TCP connection (RST) once the request is read, before any response
     cut_after_chunks: int | None = None  # drop the connection after N stream events
     malformed_after_chunks: int | None = None  # send a non-JSON data line after N stream events
     omit_final_event: bool = False  # OpenAI: no finish chunk, usage or [DONE]; Anthropic: no message_delta/stop
@@ -89,6 +100,7 @@ class FakeProvider:
         self.api_keys = api_keys
         self._lock = threading.Lock()
         self._failures: dict[str, int] = {}
+        self._rng = random.Random(0)
         self.app = Starlette(
             routes=[
                 Route("/v1/chat/completions", self._openai, methods=["POST"]),
@@ -108,6 +120,7 @@ class FakeProvider:
             self.behaviors.clear()
             self.calls.clear()
             self._failures.clear()
+            self._rng = random.Random(0)
 
     def count(self, model: str | None = None, endpoint: str | None = None) -> int:
         return sum(1 for c in list(self.calls) if (model is None or c.model == model) and (endpoint is None or c.endpoint == endpoint))
@@ -124,6 +137,9 @@ class FakeProvider:
         model = body.get("model", "")
         self.calls.append(Call(endpoint, model, body, dict(request.headers)))
         behavior = self.behavior(model)
+        if behavior.reset_connection:
+            _reset(request)
+            return body, behavior, Response(status_code=500)  # never reaches the client: the connection is gone
         if behavior.delay_before_headers:
             await asyncio.sleep(behavior.delay_before_headers)
         if self.api_keys is not None:
@@ -141,7 +157,12 @@ class FakeProvider:
             with self._lock:
                 failed = self._failures.get(model, 0)
                 self._failures[model] = failed + 1
-            if behavior.fail_times is None or failed < behavior.fail_times:
+            if behavior.fail_rate is not None:
+                with self._lock:
+                    fail = self._rng.random() < behavior.fail_rate
+            else:
+                fail = behavior.fail_times is None or failed < behavior.fail_times
+            if fail:
                 headers = {"retry-after": str(behavior.retry_after)} if behavior.retry_after is not None else {}
                 return body, behavior, self._error(endpoint, behavior.status, behavior.error_message, headers)
         return body, behavior, None
@@ -188,6 +209,11 @@ class FakeProvider:
                 anthropic = event.startswith(b"event:")
                 yield b"event: content_block_delta\ndata: {not json\n\n" if anthropic else b"data: {not json\n\n"
                 return
+            if behavior.stall_after_chunks is not None and n == behavior.stall_after_chunks:
+                await asyncio.sleep(behavior.stall_s)
+                raise _Cut("stalled stream given up")
+            if n == 0 and behavior.delay_first_chunk:
+                await asyncio.sleep(behavior.delay_first_chunk)
             if behavior.delay_per_chunk and n:
                 await asyncio.sleep(behavior.delay_per_chunk)
             yield event
@@ -303,6 +329,21 @@ class FakeProvider:
                                  "usage": {"output_tokens": output_tokens}}))
             events.append(event({"type": "message_stop"}))
         return StreamingResponse(self._sse(events, behavior), media_type="text/event-stream")
+
+
+def _reset(request: Request) -> None:
+    """Abort the request's TCP connection with a RST (SO_LINGER 0), as a crashed or hostile peer does.
+
+    The ASGI interface hides the socket; uvicorn's ``receive`` is a bound method of
+    the request cycle that holds the transport.
+    """
+    transport = getattr(getattr(request.receive, "__self__", None), "transport", None)
+    if transport is None:
+        raise RuntimeError("reset_connection needs the fake to run under uvicorn")
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
 
 
 def _last_turn_is_tool_result(body: dict, endpoint: str) -> bool:
