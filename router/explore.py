@@ -9,8 +9,11 @@ propensity-weighted retraining.
 ε-greedy over the acceptable candidates: with probability ``1 - ε`` the
 policy's choice, otherwise a uniform pick among the acceptable candidates
 (the policy's choice included). The chosen model's propensity is
-``(1 - ε)·[chosen = greedy] + ε / k`` for ``k`` acceptable candidates. A
-fallback decision (no acceptable candidate) is never explored.
+``(1 - ε)·[chosen = greedy] + ε / k`` for ``k`` acceptable candidates.
+When fewer than two candidates are acceptable — a router that falls back to
+one fixed model, say — the pool is every candidate the request allows:
+otherwise a router that never beats its fallback would never collect the
+logs that could teach it to.
 """
 
 from __future__ import annotations
@@ -25,7 +28,9 @@ def explore(decision: Decision, epsilon: float, rng: random.Random) -> Decision:
     if not 0 <= epsilon <= 1:
         raise ValueError(f"exploration epsilon must be in [0, 1], got {epsilon}")
     pool = [c for c in decision.candidates if c.acceptable]
-    if epsilon == 0 or decision.fallback or len(pool) < 2:
+    if len(pool) < 2:
+        pool = list(decision.candidates)
+    if epsilon == 0 or len(pool) < 2:
         return decision
     k = len(pool)
     explored = rng.random() < epsilon

@@ -284,8 +284,46 @@ class TokenRegressor:
         return np.maximum(pred, 0.0)
 
 
+class EnsembleSuccess:
+    """The mean of several success predictors' (calibrated) probabilities.
+
+    The members err differently — neighbours see local structure, the linear
+    model global directions, the trees interactions with the model id — so
+    their average ranks prompts better than any one of them (measured on
+    out-of-fold predictions of the training prompts of the shared logs). By
+    default: ``KNNSuccess``, ``LogisticSuccess`` and ``LightGBMSuccess``.
+    """
+
+    def __init__(self, members=None, random_state: int = 0):
+        self.members = members
+        self.random_state = random_state
+
+    def _default_members(self):
+        return [KNNSuccess(), LogisticSuccess(random_state=self.random_state), LightGBMSuccess(random_state=self.random_state)]
+
+    def fit(self, X, Y, W=None, models=None):
+        X, Y, W, self.models_ = _check(X, Y, W, models)
+        self.members_ = list(self.members) if self.members is not None else self._default_members()
+        for member in self.members_:
+            member.fit(X, Y, W, models=self.models_)
+        return self
+
+    @classmethod
+    def from_fitted(cls, members, models) -> "EnsembleSuccess":
+        """An ensemble of predictors already fitted on the same features and models."""
+        ens = cls(members=list(members))
+        ens.members_ = list(members)
+        ens.models_ = list(models)
+        return ens
+
+    def predict_proba(self, X) -> np.ndarray:
+        X = np.asarray(X, dtype=np.float64)
+        return np.mean([member.predict_proba(X) for member in self.members_], axis=0)
+
+
 SUCCESS_PREDICTORS = {
     "lightgbm": LightGBMSuccess,
     "logistic": LogisticSuccess,
     "knn": KNNSuccess,
+    "ensemble": EnsembleSuccess,
 }

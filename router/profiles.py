@@ -30,9 +30,12 @@ class Profile:
     knob: float = 0.7
     router_uri: str | None = None  # None: the server's default router
     allowed: list[str] | None = None
+    fallback: str | None = None  # threshold policy: the model to use when none qualifies (default: most likely)
     target: dict = field(default_factory=dict)  # what tune was asked for, and what it achieved
 
     def make_policy(self):
+        if self.fallback and self.policy == "threshold":
+            return make_policy(self.policy, self.knob, fallback=self.fallback)
         return make_policy(self.policy, self.knob)
 
 

@@ -35,10 +35,14 @@ def test_explore_frequencies_match_recorded_propensities():
     assert freq["b"] / 20000 == pytest.approx(0.1, abs=0.01)
 
 
-def test_no_exploration_on_fallback_or_single_candidate():
+def test_a_fallback_explores_every_allowed_candidate():
     rng = random.Random(0)
-    assert explore(_decision(fallback=True), 0.9, rng).propensity == 1.0
-    assert explore(_decision(acceptable=(True, False, False, False)), 0.9, rng).model == "a"
+    picks = [explore(_decision(acceptable=(True, False, False, False), fallback=True), 0.4, rng) for _ in range(4000)]
+    assert {d.model for d in picks} == set("abcd")
+    for d in picks[:100]:
+        assert d.propensity == pytest.approx(0.6 + 0.1 if d.model == "a" else 0.1)
+    lone = Decision(model="a", candidates=_decision().candidates[:1], policy="threshold", knob=0.5, fallback=False)
+    assert explore(lone, 0.9, rng).propensity == 1.0
     with pytest.raises(ValueError):
         explore(_decision(), 1.5, rng)
 

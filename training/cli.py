@@ -8,6 +8,7 @@ import click
 
 from models.catalog import CatalogError, load_catalog
 from models.settings import get_settings
+from training.replay_cli import replay, tune  # noqa: F401  (subcommands of `thrifty`)
 
 
 def _catalog(prices: tuple[str, ...], catalogs: tuple[str, ...]):
@@ -33,7 +34,7 @@ seed_option = click.option("--seed", default=0, show_default=True, help="random 
 @logs_option
 @prices_option
 @catalog_option
-@click.option("--predictor", type=click.Choice(["lightgbm", "logistic", "knn"]), default="lightgbm", show_default=True)
+@click.option("--predictor", type=click.Choice(["lightgbm", "logistic", "knn", "ensemble"]), default="lightgbm", show_default=True)
 @click.option("--test-size", default=0.2, show_default=True, help="share of prompts held out for the metrics")
 @seed_option
 @click.option("--experiment", default=None, help="MLflow experiment (default: THRIFTY_EXPERIMENT or 'thrifty')")
@@ -78,6 +79,9 @@ def _print_training(result, name: str) -> None:
         )
     s = result.summary()
     click.echo(f"mean AUC {s['auc']:.3f}  Brier {s['brier']:.4f}  log loss {s['log_loss']:.4f}  token log-MAE {s['token_log_mae']:.3f}")
+    sel = result.selection
+    if sel.get("policy"):
+        click.echo(f"served policy: {sel['policy']} knob {sel['knob']:.6g} (chosen on out-of-fold predictions of the training prompts)")
     if result.version:
         click.echo(f"registered models:/{name}/{result.version} as models:/{name}@champion (run {result.run_id})")
 
@@ -109,7 +113,7 @@ def data_fetch(dataset, url, cache_dir):
 @click.option("--benchmark-logs", "benchmark_logs", multiple=True, type=click.Path(exists=True, dir_okay=False), help="full-matrix benchmark logs to mix in (repeatable)")
 @prices_option
 @catalog_option
-@click.option("--predictor", type=click.Choice(["lightgbm", "logistic", "knn"]), default="lightgbm", show_default=True)
+@click.option("--predictor", type=click.Choice(["lightgbm", "logistic", "knn", "ensemble"]), default="lightgbm", show_default=True)
 @click.option("--propensity-clip", default=20.0, show_default=True, help="largest inverse-propensity weight")
 @click.option("--test-size", default=0.2, show_default=True)
 @seed_option

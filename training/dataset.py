@@ -158,6 +158,23 @@ def implied_prices(matrix: OutcomeMatrix) -> PriceTable:
     return PriceTable(prices)
 
 
+def propensity_weights(matrix: OutcomeMatrix, clip: float = 20.0) -> np.ndarray | None:
+    """Inverse-propensity weights for logs of a router's own traffic, 1 for benchmark rows.
+
+    Served logs over-represent the models the router already prefers; weighting
+    each logged call by 1/propensity makes every model's training prompts
+    representative again. Weights are clipped at ``clip`` (a few tiny
+    propensities would otherwise dominate) and scaled to mean 1 over the
+    observed entries.
+    """
+    if matrix.propensity is None or np.isnan(matrix.propensity).all():
+        return None
+    p = matrix.propensity
+    w = np.where(np.isnan(p), 1.0, 1.0 / np.clip(p, 1.0 / clip, 1.0))
+    w = np.where(matrix.observed, w, np.nan)
+    return w / np.nanmean(w)
+
+
 def frame_hash(frame: pd.DataFrame) -> str:
     """A content hash of the outcome rows that training uses (order-independent)."""
     cols = [c for c in ("dataset", "prompt_id", "prompt", "model", "success", "input_tokens", "output_tokens", "cost_usd") if c in frame]

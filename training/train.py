@@ -13,10 +13,11 @@ import numpy as np
 from models.catalog import Catalog
 from router.router import Router
 from training import tracking
-from training.dataset import OutcomeMatrix, frame_hash, split_by_prompt
-from training.fit import calibration_table, evaluate_router, fit_router, resolve_prices
+from training.dataset import OutcomeMatrix, frame_hash, propensity_weights, split_by_prompt
+from training.fit import calibration_table, evaluate_router, resolve_prices
 from training.logs import read_logs
 from training.plots import calibration_plot
+from training.tune import fit_served_router
 
 
 @dataclass
@@ -26,6 +27,7 @@ class TrainResult:
     run_id: str | None = None
     version: str | None = None
     inferred_prices: list[str] = field(default_factory=list)
+    selection: dict = field(default_factory=dict)
     n_rows: int = 0
     n_train: int = 0
     n_test: int = 0
@@ -37,23 +39,6 @@ class TrainResult:
             return float(values.mean()) if values.size else float("nan")
 
         return {k: mean(k) for k in ("auc", "brier", "log_loss", "token_log_mae")}
-
-
-def propensity_weights(matrix: OutcomeMatrix, clip: float = 20.0) -> np.ndarray | None:
-    """Inverse-propensity weights for logs of a router's own traffic, 1 for benchmark rows.
-
-    Served logs over-represent the models the router already prefers; weighting
-    each logged call by 1/propensity makes every model's training prompts
-    representative again. Weights are clipped at ``clip`` (a few tiny
-    propensities would otherwise dominate) and scaled to mean 1 over the
-    observed entries.
-    """
-    if matrix.propensity is None or np.isnan(matrix.propensity).all():
-        return None
-    p = matrix.propensity
-    w = np.where(np.isnan(p), 1.0, 1.0 / np.clip(p, 1.0 / clip, 1.0))
-    w = np.where(matrix.observed, w, np.nan)
-    return w / np.nanmean(w)
 
 
 def train(
@@ -68,6 +53,7 @@ def train(
     register: bool = True,
     alias: str = tracking.CHAMPION,
     propensity_clip: float = 20.0,
+    select_prompts: int = 3000,
     progress: bool = False,
     echo=lambda msg: None,
 ) -> TrainResult:
@@ -83,16 +69,20 @@ def train(
     train_idx, test_idx = split_by_prompt(matrix, test_size, seed)
     steps.update(1)
     steps.set_postfix_str(f"fit {predictor} on {len(train_idx)} prompts x {len(matrix.models)} models")
-    weights = propensity_weights(matrix, propensity_clip)
-    if weights is not None:
+    weighted = propensity_weights(matrix, propensity_clip) is not None
+    if weighted:
         echo(f"logs carry propensities: inverse-propensity weights (clipped at {propensity_clip:g})")
-        weights = weights[train_idx]
-    router = fit_router(matrix.subset(train_idx), prices, predictor=predictor, seed=seed, weights=weights)
+    # The default policy and knob (what `model: thrifty` serves) are chosen by
+    # cross-fitting on the training prompts only; the held-out part stays untouched.
+    router, selection = fit_served_router(
+        matrix.subset(train_idx), prices, predictor=predictor, seed=seed, propensity_clip=propensity_clip, max_select_prompts=select_prompts
+    )
     steps.update(1)
     test = matrix.subset(test_idx)
     metrics = evaluate_router(router, test)
     steps.update(1)
-    result = TrainResult(router, metrics, inferred_prices=inferred, n_rows=len(frame), n_train=len(train_idx), n_test=len(test_idx))
+    result = TrainResult(router, metrics, inferred_prices=inferred, n_rows=len(frame), n_train=len(train_idx), n_test=len(test_idx),
+                         selection=selection.to_dict())
     if register:
         params = {
             "logs": ",".join(str(p) for p in log_paths)[:500],
@@ -107,7 +97,7 @@ def train(
             "catalog_models": len(catalog),
             "inferred_prices": ",".join(inferred)[:500] or "none",
             "train_prompts": len(train_idx),
-            "propensity_weighted": weights is not None,
+            "propensity_weighted": weighted,
             "alias": alias,
             "test_prompts": len(test_idx),
         }
@@ -122,6 +112,7 @@ def train(
                 calibration_plot(calibration_table(router, test), tmp / "calibration.png", f"calibration on {len(test_idx)} held-out prompts")
                 (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
                 (tmp / "prices.json").write_text(json.dumps(prices.to_dict(), indent=2))
+                (tmp / "policy_selection.json").write_text(json.dumps(result.selection, indent=2, default=str))
                 mlflow.log_artifacts(str(tmp))
             steps.update(1)
             result.run_id = run.info.run_id

@@ -1,0 +1,190 @@
+"""``thrifty tune`` and the training-time choice of the served router's default knob."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from models.prices import PriceTable
+from router.policy import Threshold, Tradeoff
+from tests.synthetic import prices_csv, synthetic_logs
+from training.dataset import OutcomeMatrix
+from training.tune import FALLBACK_KNOB, Target, TargetError, choose_setting, fit_served_router, select_policy
+
+PRICES = PriceTable.from_dict({"small": [0.1, 0.4], "medium": [1, 4], "large": [10, 40]})
+
+
+def test_target_parsing():
+    assert Target.parse("0.8").quality == 0.8
+    assert Target.parse("95%").relative == pytest.approx(0.95)
+    assert Target.parse(max_cost=0.01).cost_cap == 0.01
+    assert Target.parse(budget=100, requests=50_000).cost_cap == pytest.approx(0.002)
+    for bad in ({"target_quality": "1.5"}, {"target_quality": "x"}, {"budget": 10}, {}, {"target_quality": "0.8", "max_cost": 1.0}):
+        with pytest.raises(ValueError):
+            Target.parse(**bad)
+
+
+def test_choose_setting_meets_the_target_or_says_why_not():
+    points = [
+        {"policy": "tradeoff", "knob": 3.0, "cost": 1.0, "quality": 0.5},
+        {"policy": "tradeoff", "knob": 2.0, "cost": 2.0, "quality": 0.7},
+        {"policy": "tradeoff", "knob": 1.0, "cost": 4.0, "quality": 0.8},
+    ]
+    assert choose_setting(points, Target(quality=0.6), 0.8)["knob"] == 2.0  # the cheapest reaching 0.6
+    assert choose_setting(points, Target(relative=1.0), 0.8)["knob"] == 1.0
+    assert choose_setting(points, Target(max_cost=3.0), 0.8)["knob"] == 2.0  # the best under the cap
+    assert choose_setting(points, Target(budget=100.0, requests=100), 0.8)["knob"] == 3.0
+    with pytest.raises(TargetError, match="cannot be met.*reaches 0.800"):
+        choose_setting(points, Target(quality=0.9), 0.8)
+    with pytest.raises(TargetError, match="cannot be met.*cheapest setting"):
+        choose_setting(points, Target(max_cost=0.5), 0.8)
+
+
+def test_selection_falls_back_to_the_best_model_when_predictions_carry_no_signal():
+    rng = np.random.default_rng(0)
+    n = 400
+    success = (rng.random((n, 3)) < [0.5, 0.6, 0.8]).astype(float)
+    cost = np.tile([1.0, 2.0, 10.0], (n, 1))
+    p = rng.random((n, 3))  # predictions unrelated to the outcomes
+    sel = select_policy(p, cost, success, cost, ["a", "b", "c"])
+    assert sel.fallback == "c" and sel.knob == FALLBACK_KNOB
+    policy = sel.make_policy()
+    assert isinstance(policy, Threshold) and policy.fallback == "c"
+    assert (policy.choose(p, cost, None, ["a", "b", "c"])[0] == 2).all()
+
+
+def test_selection_picks_a_setting_above_the_hull_when_predictions_are_right():
+    rng = np.random.default_rng(1)
+    n = 600
+    kind = rng.integers(0, 3, n)  # prompt kind k is solved by models >= k
+    success = (np.arange(3)[None, :] >= kind[:, None]).astype(float)
+    cost = np.tile([1.0, 2.0, 10.0], (n, 1))
+    p = np.clip(success * 0.9 + 0.05 + rng.normal(0, 0.02, success.shape), 0, 1)
+    sel = select_policy(p, cost, success, cost, ["a", "b", "c"])
+    assert sel.fallback is None
+    assert sel.margin > 0.2 and sel.lcb > 0
+    assert sel.quality > 0.95
+
+
+def test_fit_served_router_stores_a_default_policy_chosen_on_training_prompts():
+    matrix = OutcomeMatrix.from_frame(synthetic_logs(180, seed=7))
+    router, sel = fit_served_router(matrix, PRICES, predictor="logistic", seed=0, folds=3)
+    assert router.policy_ == sel.make_policy()
+    assert router.selection_["policy"] == sel.policy
+    assert sel.fallback is None  # the synthetic prompts are learnable: the router beats best fixed
+    assert isinstance(router.policy_, (Threshold, Tradeoff))
+    d = router.route("Compute 12 * 7 + 12 and give the number. (case 1000)", PRICES)
+    assert d.model in ("small", "medium", "large")
+
+
+@pytest.fixture
+def logs_file(tmp_path):
+    path = tmp_path / "logs.parquet"
+    synthetic_logs(240, seed=8).to_parquet(path)
+    return str(path)
+
+
+def _tune(args, tmp_path):
+    pytest.importorskip("training.logs")
+    from training.replay_cli import tune
+
+    return CliRunner().invoke(tune, ["--prices", prices_csv(tmp_path / "prices.csv"), "--predictor", "logistic", "--no-mlflow", *args])
+
+
+def test_tune_writes_a_profile_that_serving_reads(tmp_path, thrifty_home, logs_file):
+    from models.settings import get_settings
+    from router.persist import load_router
+    from router.profiles import load_profiles
+
+    result = _tune(["--logs", logs_file, "--name", "cheap-but-good", "--target-quality", "90%"], tmp_path)
+    assert result.exit_code == 0, result.output
+    assert "on 72 test prompts (not used for the choice)" in result.output
+    profiles = load_profiles(get_settings().profiles_dir)
+    profile = profiles["cheap-but-good"]
+    assert profile.policy in ("threshold", "tradeoff")
+    target = profile.target
+    assert target["test_prompts"] == 72 and target["validation_prompts"] == 50  # 30% of the 168 tuning prompts
+    assert set(target["test"]) >= {"cost", "quality", "target_met"}
+    assert target["validation"]["quality"] >= 0.9 * target["validation"]["best_single"] - 1e-12
+    # the profile names the router it was tuned for, and that router loads
+    router = load_router(profile.router_uri)
+    decision = router.route("What is the capital of Peru? (case 9999)", router.prices_, profile.make_policy())
+    assert decision.model in ("small", "medium", "large")
+
+
+def test_tune_with_a_budget_and_with_a_cost_cap(tmp_path, thrifty_home, logs_file):
+    result = _tune(["--logs", logs_file, "--name", "budget", "--budget", "5", "--requests", "100000"], tmp_path)
+    assert result.exit_code == 0, result.output
+    assert "budget $5 for 100000 requests" in result.output
+    result = _tune(["--logs", logs_file, "--name", "capped", "--max-cost-per-request", "0.00002", "--policy", "tradeoff"], tmp_path)
+    assert result.exit_code == 0, result.output
+    from models.settings import get_settings
+
+    data = json.loads((get_settings().profiles_dir / "capped.json").read_text())
+    assert data["policy"] == "tradeoff"
+    assert data["target"]["validation"]["cost"] <= 0.00002
+
+
+def test_tune_refuses_an_impossible_target(tmp_path, thrifty_home, logs_file):
+    from models.settings import get_settings
+
+    result = _tune(["--logs", logs_file, "--name", "impossible", "--target-quality", "1.0"], tmp_path)
+    assert result.exit_code != 0
+    assert "cannot be met" in result.output and "validation split" in result.output
+    assert not (get_settings().profiles_dir / "impossible.json").exists()
+    result = _tune(["--logs", logs_file, "--name", "too-cheap", "--max-cost-per-request", "1e-12"], tmp_path)
+    assert result.exit_code != 0 and "cannot be met" in result.output
+
+
+def test_tune_needs_exactly_one_target(tmp_path, thrifty_home, logs_file):
+    result = _tune(["--logs", logs_file, "--name", "x"], tmp_path)
+    assert result.exit_code != 0 and "exactly one target" in result.output
+    result = _tune(["--logs", logs_file, "--name", "x", "--budget", "5"], tmp_path)
+    assert result.exit_code != 0 and "--requests" in result.output
+
+
+def test_tune_with_a_registered_router_logs_to_mlflow(tmp_path, thrifty_home, logs_file):
+    pytest.importorskip("training.logs")
+    import mlflow
+
+    from models.settings import get_settings
+    from router.persist import save_router
+    from training.fit import fit_router
+    from training.replay_cli import tune
+
+    router = fit_router(OutcomeMatrix.from_frame(synthetic_logs(150, seed=9)), PRICES, predictor="knn")
+    path = save_router(router, tmp_path / "r.joblib")
+    result = CliRunner().invoke(
+        tune,
+        ["--logs", logs_file, "--prices", prices_csv(tmp_path / "p.csv"), "--router", str(path), "--name", "mine", "--target-quality", "0.5", "--experiment", "tune-test"],
+    )
+    assert result.exit_code == 0, result.output
+    data = json.loads((get_settings().profiles_dir / "mine.json").read_text())
+    assert data["router_uri"] == str(path)
+    mlflow.set_tracking_uri(get_settings().resolved_tracking_uri)
+    runs = mlflow.search_runs(experiment_names=["tune-test"])
+    assert len(runs) == 1 and "metrics.test/quality" in runs.columns
+
+
+def test_fit_served_router_keeps_its_policy_on_partial_logs():
+    frame = synthetic_logs(120, seed=10)
+    # production-like logs: one model per prompt
+    frame = frame[frame.prompt_id.str[1:].astype(int) % 3 == frame.model.map({"small": 0, "medium": 1, "large": 2})]
+    router, sel = fit_served_router(OutcomeMatrix.from_frame(frame), PRICES, predictor="logistic", folds=2)
+    assert router.policy_ == Threshold(0.7) and sel.policy == "threshold" and sel.knob == 0.7
+
+
+def test_choose_setting_with_a_safety_margin():
+    points = [
+        {"policy": "tradeoff", "knob": 2.0, "cost": 2.0, "quality": 0.70, "quality_se": 0.02, "cost_se": 0.1},
+        {"policy": "tradeoff", "knob": 1.0, "cost": 4.0, "quality": 0.75, "quality_se": 0.02, "cost_se": 0.2},
+    ]
+    assert choose_setting(points, Target(quality=0.7), 0.75, z=0)["knob"] == 2.0
+    assert choose_setting(points, Target(quality=0.7), 0.75, z=1)["knob"] == 1.0  # 0.70 - 0.02 < 0.7
+    assert choose_setting(points, Target(max_cost=4.1), 0.75, z=1)["knob"] == 2.0  # 4.0 + 0.2 > 4.1
+    with pytest.raises(TargetError, match="by 1 standard error.*lower --z"):
+        choose_setting(points, Target(quality=0.74), 0.75, z=1)

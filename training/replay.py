@@ -1,0 +1,485 @@
+"""Offline replay: route logged prompts again under every setting of a router's knob.
+
+On logs where every model answered every prompt, the outcome of any routing
+decision is known, so a router is measured by replaying it: split by prompt
+(or hold out a whole task), train on one part, and on the other sweep the
+policy's knob over its whole range, recording for every setting the
+*logged* mean cost and mean success of the models it chose.
+
+:func:`replay_rows` is the sweep itself — a generator of
+:class:`ReplayRow` (router, knob, choices) with no hidden state; everything
+else derives from its rows: the curve points, ``decisions.parquet``, and the
+metrics of :mod:`training.metrics`. :func:`run_replay` is the pipeline behind
+``thrifty replay``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import pandas as pd
+
+from models.prices import PriceTable
+from router.router import Router
+from training import baselines
+from training.dataset import OutcomeMatrix, split_by_prompt
+from training.metrics import (
+    POINT_METRICS,
+    Reference,
+    curve_metrics,
+    margin_above,
+    point_metrics,
+    reference,
+)
+from training.tune import POLICIES, best_model_index, outcome_of, policy_kwargs, sweep_policy
+
+PREDICTORS = ("knn", "logistic", "lightgbm", "ensemble")
+ENSEMBLE_MEMBERS = ("knn", "logistic", "lightgbm")
+BEST_FIXED = "best_fixed"
+ORACLE = "oracle"
+RANDOM = "random"
+TASK_PRIOR = "task_prior"
+SERVED = "served"
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def complete_matrix(matrix: OutcomeMatrix, min_coverage: float = 0.9) -> tuple[OutcomeMatrix, list[str], int]:
+    """The part of the logs where every model answered every prompt.
+
+    Models that answered fewer than ``min_coverage`` of the prompts are dropped
+    first (one partial model would otherwise remove most prompts), then every
+    prompt some remaining model did not answer. Returns the matrix, the dropped
+    models and the number of dropped prompts.
+    """
+    seen = matrix.observed & ~np.isnan(matrix.cost)
+    coverage = seen.mean(axis=0)
+    keep = [m for m, c in zip(matrix.models, coverage) if c >= min_coverage]
+    if len(keep) < 2:
+        raise ValueError(f"fewer than two models answered at least {min_coverage:.0%} of the prompts: nothing to route between")
+    dropped = [m for m in matrix.models if m not in keep]
+    sub = matrix.select_models(keep)
+    rows = np.flatnonzero((sub.observed & ~np.isnan(sub.cost)).all(axis=1))
+    if len(rows) < 2:
+        raise ValueError("fewer than two prompts were answered by every model")
+    return sub.subset(rows), dropped, matrix.n_prompts - len(rows)
+
+
+@dataclass(frozen=True)
+class ReplayRow:
+    """One setting of one router: the model chosen for each evaluation prompt (column indices)."""
+
+    router: str
+    knob: float
+    choice: np.ndarray
+
+
+@dataclass
+class LearnedRouter:
+    """A router to replay, with the policies to sweep and its served (default) policy."""
+
+    name: str
+    router: Router
+    policies: Sequence[str] = POLICIES
+    selection: dict | None = None  # training-time choice (see training.tune.Selection)
+    fallback: str | None = None  # the threshold policy's fallback model (the best single model on training prompts)
+
+
+# ----------------------------------------------------------------------------- the sweep
+
+
+def router_scores(router: Router, evalset: OutcomeMatrix, prices: PriceTable):
+    """Predictions for the evaluation prompts, featurized once, in the evaluation's model order."""
+    X = router.features(evalset.texts)
+    return router.score_features(X, evalset.prompt_tokens(), prices, models=evalset.models)
+
+
+def replay_rows(
+    evalset: OutcomeMatrix,
+    train: OutcomeMatrix | None,
+    learned: Sequence[LearnedRouter],
+    prices: PriceTable,
+    *,
+    n_knobs: int = 256,
+    seed: int = 0,
+    extra_knobs: dict[str, Sequence[float]] | None = None,
+) -> Iterator[ReplayRow]:
+    """Every (router, knob) setting of the baselines and of each learned router, on ``evalset``.
+
+    Baselines first: each single model (router = model name, knob NaN), random,
+    the oracle's λ sweep, the per-task prior's λ sweep (needs ``train``). Then
+    each learned router under each policy (``<name>/<policy>``) over the
+    policy's grid plus ``extra_knobs[<name>/<policy>]``, and its served
+    policy (``<name>/served``) as a single setting.
+    """
+    S, C = evalset.success, evalset.cost
+    n, m = S.shape
+    for j, model in enumerate(evalset.models):
+        yield ReplayRow(model, float("nan"), np.full(n, j))
+    yield ReplayRow(RANDOM, float("nan"), baselines.random_choice(n, m, seed))
+    for lam, choice in baselines.oracle_sweep(S, C, n=max(n_knobs, 512)):
+        yield ReplayRow(ORACLE, lam, choice)
+    if train is not None and train.n_prompts:
+        tc = train.select_models(evalset.models)
+        for lam, choice in baselines.task_prior_sweep(tc.tasks, tc.success, tc.cost, evalset.tasks, n=n_knobs):
+            yield ReplayRow(TASK_PRIOR, lam, choice)
+    extra_knobs = extra_knobs or {}
+    for item in learned:
+        s = router_scores(item.router, evalset, prices)
+        for policy in item.policies:
+            name = f"{item.name}/{policy}"
+            grid = make_grid(policy, s.p, s.cost, n_knobs, extra_knobs.get(name, ()))
+            kw = policy_kwargs(policy, item.fallback if item.fallback in s.models else None)
+            for knob, choice in sweep_policy(policy, s.p, s.cost, grid, keep=extra_knobs.get(name, ()), models=s.models, **kw):
+                yield ReplayRow(name, knob, choice)
+        if item.router.policy_ is not None:
+            choice, _ = item.router.policy_.choose(s.p, s.cost, None, s.models)
+            yield ReplayRow(f"{item.name}/{SERVED}", float(item.router.policy_.knob), choice)
+
+
+def make_grid(policy: str, p, cost, n: int, extra: Sequence[float] = ()) -> np.ndarray:
+    from training.tune import knob_grid
+
+    return np.unique(np.concatenate([knob_grid(policy, p, cost, n), np.asarray(list(extra), dtype=np.float64)]))
+
+
+# ----------------------------------------------------------------------------- results
+
+
+@dataclass
+class ReplayResult:
+    evalset: OutcomeMatrix
+    curve: pd.DataFrame  # router, knob, cost, quality
+    decisions: pd.DataFrame  # router, knob, dataset, prompt_id, model
+    metrics: dict[str, dict[str, float]]  # name -> metric -> value
+    reference: Reference
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def single_models(self) -> list[str]:
+        return list(self.evalset.models)
+
+    def learned_curves(self) -> list[str]:
+        """The swept learned routers (``<router>/<policy>``); model names may contain '/' too."""
+        singles = set(self.single_models)
+        return [k for k in self.metrics if k not in singles and "/" in k and not k.endswith(f"/{SERVED}")]
+
+    def best_learned(self) -> str | None:
+        names = [k for k in self.learned_curves() if np.isfinite(self.metrics[k]["aiq"])]
+        return max(names, key=lambda k: self.metrics[k]["aiq"]) if names else None
+
+
+def summarise(evalset: OutcomeMatrix, rows: Sequence[ReplayRow], point_knobs: dict[str, float] | None = None) -> tuple[pd.DataFrame, pd.DataFrame, dict, Reference]:
+    """Curve points, decisions and the metrics table from the replay rows."""
+    S, C = evalset.success, evalset.cost
+    n = len(S)
+    idx = np.arange(n)
+    models = np.asarray(evalset.models, dtype=object)
+    prompt_ids = np.array([k.split("/", 1)[1] if "/" in k else k for k in evalset.prompt_keys], dtype=object)
+
+    curve_rows, decision_parts = [], []
+    by_router: dict[str, list[tuple[float, np.ndarray, float, float]]] = {}
+    for row in rows:
+        s, c = S[idx, row.choice], C[idx, row.choice]
+        q, cost = float(s.mean()), float(c.mean())
+        curve_rows.append((row.router, row.knob, cost, q))
+        by_router.setdefault(row.router, []).append((row.knob, row.choice, cost, q))
+        decision_parts.append(
+            pd.DataFrame(
+                {
+                    "router": row.router,
+                    "knob": row.knob,
+                    "dataset": evalset.datasets,
+                    "prompt_id": prompt_ids,
+                    "model": models[row.choice],
+                }
+            )
+        )
+    curve = pd.DataFrame(curve_rows, columns=["router", "knob", "cost", "quality"])
+    decisions = pd.concat(decision_parts, ignore_index=True)
+    for col in ("router", "dataset", "prompt_id", "model"):
+        decisions[col] = decisions[col].astype("string")
+
+    single = [by_router[mdl][0] for mdl in evalset.models]
+    mcost = np.array([r[2] for r in single])
+    mqual = np.array([r[3] for r in single])
+    oracle = by_router[ORACLE]
+    ref = reference(list(evalset.models), mcost, mqual, [r[2] for r in oracle], [r[3] for r in oracle])
+    strong = evalset.models.index(ref.strong) if ref.strong is not None else None
+
+    def point(choice) -> dict[str, float]:
+        return point_metrics(S[idx, choice], evalset.input_tokens[idx, choice], evalset.output_tokens[idx, choice], C[idx, choice])
+
+    def share(settings):
+        return None if strong is None else [float(np.mean(r[1] == strong)) for r in settings]
+
+    point_knobs = point_knobs or {}
+    metrics: dict[str, dict[str, float]] = {}
+    for name, settings in by_router.items():
+        if name in (ORACLE, TASK_PRIOR):
+            chosen = next(r for r in settings if r[0] == 0.0)  # λ = 0: the oracle point / the best model per task
+        elif name in point_knobs:
+            want = point_knobs[name]
+            chosen = min(settings, key=lambda r: abs(r[0] - want) if np.isfinite(r[0]) else math.inf)
+        else:
+            chosen = settings[0]
+        entry = {"knob": chosen[0], **point(chosen[1])}
+        entry.update(curve_metrics(ref, [r[2] for r in settings], [r[3] for r in settings], share(settings)))
+        if len(settings) == 1:
+            # one setting is a point, not a curve: its AIQ (a flat line from its cost) and
+            # RouteLLM's curve metrics say nothing; the margin above best fixed does
+            for key in ("aiq", "gap_closed", "apgr", "cpt50", "cpt80"):
+                if key in entry:
+                    entry[key] = float("nan")
+        entry["margin_vs_fixed"] = margin_above(ref.fixed_x, ref.fixed_y, chosen[2], chosen[3])
+        entry["settings"] = float(len(settings))
+        metrics[name] = entry
+    # best fixed: the hull of the single models; its point is the best single model
+    best = metrics[ref.best_model]
+    entry = {"knob": float("nan"), **{k: best[k] for k in POINT_METRICS}}
+    entry.update(curve_metrics(ref, mcost, mqual, None if strong is None else [0.0 if j != strong else 1.0 for j in range(len(mcost))]))
+    entry["margin_vs_fixed"] = 0.0
+    entry["settings"] = float(len(mcost))
+    metrics = {**{k: metrics[k] for k in evalset.models}, BEST_FIXED: entry, **{k: v for k, v in metrics.items() if k not in evalset.models}}
+    return curve, decisions, metrics, ref
+
+
+# ----------------------------------------------------------------------------- pipeline
+
+
+def run_replay(
+    frame: pd.DataFrame,
+    catalog_prices: PriceTable,
+    *,
+    router: Router | None = None,
+    router_name: str = "router",
+    test_size: float = 0.3,
+    seed: int = 0,
+    task_holdout: str | None = None,
+    predictors: Sequence[str] = PREDICTORS,
+    policies: Sequence[str] = POLICIES,
+    n_knobs: int = 256,
+    folds: int = 3,
+    min_coverage: float = 0.9,
+    echo: Callable[[str], None] = lambda msg: None,
+) -> ReplayResult:
+    """Split, train (unless ``router`` is given), replay and measure. See the module docstring."""
+    from training.fit import resolve_prices
+    from training.tune import choose_default, ensemble_router, fit_with_oof
+
+    full = OutcomeMatrix.from_frame(frame)
+    matrix, dropped_models, dropped_prompts = complete_matrix(full, min_coverage)
+    if dropped_models or dropped_prompts:
+        echo(
+            f"replaying the complete part of the logs: {matrix.n_prompts} prompts x {len(matrix.models)} models"
+            + (f"; dropped {len(dropped_models)} model(s) answering < {min_coverage:.0%} of prompts: {', '.join(dropped_models)}" if dropped_models else "")
+            + (f"; dropped {dropped_prompts} prompt(s) not answered by every model" if dropped_prompts else "")
+        )
+    prices, inferred = resolve_prices(matrix, catalog_prices)
+    if inferred:
+        echo(f"prices implied by logged costs for {len(inferred)} model(s) not in the catalog")
+    train_idx, test_idx = split_by_prompt(matrix, test_size, seed, task_holdout)
+    train, test = matrix.subset(train_idx), matrix.subset(test_idx)
+    learned: list[LearnedRouter] = []
+    extra: dict[str, list[float]] = {}
+    point_knobs: dict[str, float] = {}
+    selections: dict[str, dict] = {}
+    if router is not None:
+        known = [m for m in test.models if m in router.models_ and m in prices]
+        if len(known) < 2:
+            raise ValueError(f"the router knows {len(known)} of the logged models; it needs at least two")
+        if len(known) < len(test.models):
+            echo(f"replaying on the {len(known)} logged models the router knows")
+            test, train = test.select_models(known), train.select_models(known)
+        train_best = train.models[best_model_index(train.success, train.cost)] if train.n_prompts else None
+        learned.append(LearnedRouter(router_name, router, policies, getattr(router, "selection_", None), train_best))
+    else:
+        fitted: dict[str, tuple[Router, np.ndarray, np.ndarray]] = {}
+        members = [k for k in ENSEMBLE_MEMBERS if k in predictors]
+        for kind in predictors:
+            if kind == "ensemble" and len(members) == len(ENSEMBLE_MEMBERS):
+                # the mean of the members' predictions: no need to fit them again
+                router_k = ensemble_router([fitted[k][0] for k in members])
+                P = np.mean([fitted[k][1] for k in members], axis=0)
+                C = fitted[members[-1]][2]
+            else:
+                echo(f"fitting {kind} on {train.n_prompts} prompts (knob chosen on {folds}-fold out-of-fold predictions)")
+                router_k, P, C = fit_with_oof(train, prices, predictor=kind, seed=seed, folds=folds)
+            fitted[kind] = (router_k, P, C)
+            selection = choose_default(router_k, train, P, C, policies=policies)
+            learned.append(LearnedRouter(kind, router_k, policies, selection.to_dict(), selection.best_model))
+            selections[kind] = selection.to_dict()
+            for policy, row in selection.per_policy.items():
+                if row is not None:
+                    extra[f"{kind}/{policy}"] = [row["knob"]]
+                    point_knobs[f"{kind}/{policy}"] = row["knob"]
+    echo(f"replaying on {test.n_prompts} held-out prompts")
+    rows = list(replay_rows(test, train, learned, prices, n_knobs=n_knobs, seed=seed, extra_knobs=extra))
+    curve, decisions, metrics, ref = summarise(test, rows, point_knobs)
+    meta = {
+        "models": list(test.models),
+        "single_models": list(test.models),
+        "best_model": ref.best_model,
+        "cost_range": [ref.lo, ref.hi],
+        "weak": ref.weak,
+        "strong": ref.strong,
+        "train_prompts": int(train.n_prompts),
+        "test_prompts": int(test.n_prompts),
+        "dropped_models": dropped_models,
+        "dropped_prompts": int(dropped_prompts),
+        "inferred_prices": inferred,
+        "test_size": test_size,
+        "seed": seed,
+        "task_holdout": task_holdout,
+        "n_knobs": n_knobs,
+        "folds": folds,
+        "selections": selections,
+        "datasets": sorted(set(map(str, matrix.datasets))),
+    }
+    return ReplayResult(test, curve, decisions, metrics, ref, meta)
+
+
+# ----------------------------------------------------------------------------- outputs
+
+TABLE_COLUMNS = (
+    ("success_rate", "success", "{:.3f}"),
+    ("input_tokens", "in tok", "{:.0f}"),
+    ("output_tokens", "out tok", "{:.0f}"),
+    ("usd_per_request", "$/req", "{:.3g}"),
+    ("usd_per_success", "$/success", "{:.3g}"),
+    ("aiq", "AIQ", "{:.4f}"),
+    ("gap_closed", "gap", "{:+.3f}"),
+    ("cost_to_best", "$→best", "{:.3f}"),
+    ("cost_to_95", "$→95%", "{:.3f}"),
+    ("margin_vs_fixed", "vs fixed", "{:+.4f}"),
+)
+TWO_MODEL_COLUMNS = (("apgr", "APGR", "{:.3f}"), ("cpt50", "CPT50", "{:.3f}"), ("cpt80", "CPT80", "{:.3f}"))
+
+
+def format_table(result: ReplayResult) -> str:
+    columns = TABLE_COLUMNS + (TWO_MODEL_COLUMNS if result.reference.strong is not None else ())
+    width = max(len(k) for k in result.metrics) + 2
+    head = f"{'router':<{width}}" + "".join(f"{label:>11}" for _, label, _ in columns)
+    lines = [head, "-" * len(head)]
+    for name, entry in result.metrics.items():
+        cells = []
+        for key, _, fmt in columns:
+            value = entry.get(key, float("nan"))
+            cells.append(f"{(fmt.format(value) if np.isfinite(value) else ('never' if value == math.inf else '-')):>11}")
+        lines.append(f"{name:<{width}}" + "".join(cells))
+    ref = result.reference
+    lines.append("")
+    lines.append(
+        f"{result.meta.get('test_prompts')} test prompts, {len(ref.fixed_x)} single model(s) on the best-fixed hull; "
+        f"AIQ over ${ref.lo:.3g}..${ref.hi:.3g} per request; best single model {ref.best_model} ({ref.best_quality:.3f})"
+    )
+    best = result.best_learned()
+    if best:
+        lines.append(f"best learned router: {best}, gap closed {result.metrics[best]['gap_closed']:+.3f}")
+    return "\n".join(lines)
+
+
+def _json_safe(value):
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, (np.floating, float)):
+        v = float(value)
+        return v if math.isfinite(v) else (None if math.isnan(v) else ("inf" if v > 0 else "-inf"))
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def write_outputs(result: ReplayResult, out_dir: str | Path, title: str = "") -> dict[str, Path]:
+    """``metrics.json``, ``curve.csv``, ``decisions.parquet``, ``frontier.png`` and ``replay.json`` in ``out_dir``.
+
+    In ``metrics.json`` a non-finite number is written as ``null`` (NaN: not
+    defined, e.g. APGR on logs with more than two models) or ``"inf"`` (a
+    quality the router never reaches).
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "metrics": out / "metrics.json",
+        "curve": out / "curve.csv",
+        "decisions": out / "decisions.parquet",
+        "plot": out / "frontier.png",
+        "meta": out / "replay.json",
+    }
+    paths["metrics"].write_text(json.dumps(_json_safe(result.metrics), indent=2))
+    result.curve.to_csv(paths["curve"], index=False, float_format="%.17g")
+    result.decisions.to_parquet(paths["decisions"], index=False)
+    paths["meta"].write_text(json.dumps(_json_safe(result.meta), indent=2))
+    frontier_plot(result, paths["plot"], title)
+    return paths
+
+
+def frontier_plot(result: ReplayResult, path: Path, title: str = "") -> Path:
+    """Cost (log scale) against success: single models, best-fixed hull, oracle, baselines, learned routers."""
+    from training.metrics import pareto_hull
+    from training.plots import _pyplot
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(9, 6.5))
+    curve = result.curve
+    singles = curve[curve.router.isin(result.single_models)]
+    ax.scatter(singles.cost, singles.quality, color="black", s=14, zorder=5, label="single models")
+    if len(singles) <= 12:
+        for _, r in singles.iterrows():
+            ax.annotate(str(r.router)[-24:], (r.cost, r.quality), fontsize=6, xytext=(3, -6), textcoords="offset points")
+    ref = result.reference
+    hx, hy = ref.fixed_x, ref.fixed_y
+    ax.plot(np.r_[hx, ref.hi], np.r_[hy, hy[-1]], color="black", linestyle="--", linewidth=1.2, label=f"best fixed (AIQ {ref.aiq_fixed:.3f})")
+    colours = list(plt.get_cmap("tab20").colors)
+    k = 0
+    for name in [n for n in result.metrics if n not in result.single_models and n != BEST_FIXED]:
+        pts = curve[curve.router == name]
+        if not len(pts):
+            continue
+        aiq_value = result.metrics[name]["aiq"]
+        if len(pts) == 1:
+            marker = "*" if name.endswith(SERVED) else "X"
+            ax.scatter(pts.cost, pts.quality, marker=marker, s=90, zorder=6, color=colours[k % len(colours)], label=f"{name}")
+        else:
+            x, y = pareto_hull(pts.cost.to_numpy(), pts.quality.to_numpy())
+            style = ":" if name in (ORACLE, TASK_PRIOR) else "-"
+            colour = "grey" if name == ORACLE else colours[k % len(colours)]
+            ax.scatter(pts.cost, pts.quality, s=3, alpha=0.35, color=colour)
+            ax.plot(np.r_[x, ref.hi], np.r_[y, y[-1]], linestyle=style, linewidth=1.3, color=colour, label=f"{name} (AIQ {aiq_value:.3f})")
+        k += 1
+    ax.set_xscale("log")
+    ax.set_xlabel("mean cost per request (USD, log scale)")
+    ax.set_ylabel("mean success")
+    ax.set_title(title or "cost–quality frontier on held-out prompts")
+    ax.grid(True, which="both", alpha=0.2)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def log_to_mlflow(result: ReplayResult, paths: dict[str, Path], experiment: str, params: dict | None = None, run_name: str = "replay") -> str:
+    """Params, every metric of the table (``replay/<router>/<metric>``) and the artifacts, in one MLflow run."""
+    import mlflow
+
+    from training import tracking
+
+    with tracking.start_run(experiment, run_name=run_name) as run:
+        flat = {k: v for k, v in {**(params or {}), **{k: v for k, v in result.meta.items() if k != "selections"}}.items()}
+        mlflow.log_params({k: str(v)[:500] for k, v in flat.items()})
+        tracking.log_metrics_nested(result.metrics, prefix="replay/")
+        for key in ("metrics", "curve", "plot", "meta"):
+            mlflow.log_artifact(str(paths[key]))
+        if paths["decisions"].stat().st_size < 64 * 2**20:
+            mlflow.log_artifact(str(paths["decisions"]))
+        return run.info.run_id
