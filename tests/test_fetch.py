@@ -166,3 +166,32 @@ def test_fetch_routerbench_reuses_the_converted_file(file_server, tmp_path, rout
     os.utime(pickle_path, (newer, newer))  # a newer pickle must be converted again
     fetch_routerbench(tmp_path, url=url, progress=False)
     assert parquet.stat().st_mtime_ns != converted_at
+
+
+def test_cli_fetch_then_train_on_the_download(file_server, thrifty_home, tmp_path, routerbench_pickle):
+    """The main job's path for a new user: `thrifty data fetch routerbench`, then `thrifty train` on it."""
+    from click.testing import CliRunner
+    from mlflow import MlflowClient
+
+    from thrifty.cli import main
+
+    _, payload = routerbench_pickle
+    file_server.files["/routerbench_0shot.pkl"] = payload
+    runner = CliRunner()
+    fetched = runner.invoke(main, ["data", "fetch", "routerbench", "--url", file_server.url("/routerbench_0shot.pkl")], catch_exceptions=False)
+    assert fetched.exit_code == 0, fetched.output
+    path = fetched.stdout.strip().splitlines()[-1]
+    assert path == str(thrifty_home / "cache" / "routerbench" / "routerbench.parquet")
+    trained = runner.invoke(main, ["train", "--logs", path, "--predictor", "logistic"], catch_exceptions=False)
+    assert trained.exit_code == 0, trained.output
+    assert "served policy:" in trained.output and "models:/thrifty@champion" in trained.output
+    assert str(MlflowClient().get_model_version_by_alias("thrifty", "champion").version) == "1"
+
+
+def test_cli_fetch_reports_an_unreachable_url(thrifty_home):
+    from click.testing import CliRunner
+
+    from thrifty.cli import main
+
+    result = CliRunner().invoke(main, ["data", "fetch", "routerbench", "--url", "http://127.0.0.1:9/none.pkl"])
+    assert result.exit_code != 0 and "127.0.0.1:9" in result.output

@@ -97,12 +97,13 @@ def data():
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None, help="default: THRIFTY_HOME/cache")
 def data_fetch(dataset, url, cache_dir):
     """Download a public log (resumable, with a progress bar) and convert it to the canonical format."""
-    from training.fetch import ROUTERBENCH_URL, fetch_routerbench
+    from training.fetch import ROUTERBENCH_URL, DownloadError, fetch_routerbench
+    from training.logs import LogError
 
     cache = Path(cache_dir) if cache_dir else get_settings().cache_dir
     try:
         path = fetch_routerbench(cache, url or ROUTERBENCH_URL, progress=True)
-    except (OSError, ValueError) as exc:
+    except (DownloadError, LogError, OSError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(str(path))
 
