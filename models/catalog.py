@@ -109,13 +109,14 @@ def _spec_from_entry(entry: Mapping, where: str) -> ModelSpec:
     return ModelSpec(**data)
 
 
-def _non_negative(value, where: str, key: str) -> float:
+def _non_negative(value, where: str, key: str, noun: str = "field") -> float:
+    """``value`` as a finite number >= 0, or a CatalogError naming where it is (``noun``: field or column)."""
     try:
         number = float(value)
     except (TypeError, ValueError):
-        raise CatalogError(f"{where}: field {key!r} is not a number: {value!r}") from None
+        raise CatalogError(f"{where}: {noun} {key!r} is not a number: {value!r}") from None
     if not math.isfinite(number) or number < 0:
-        raise CatalogError(f"{where}: field {key!r} must be a finite number >= 0, got {value!r}")
+        raise CatalogError(f"{where}: {noun} {key!r} must be a finite number >= 0, got {value!r}")
     return number
 
 
@@ -231,22 +232,11 @@ def read_prices_csv(path: str | Path) -> list[dict]:
                     "provider": vendor if vendor in ("openai", "anthropic") else "openai-compatible",
                     "upstream": model,
                     "vendor": vendor or None,
-                    "input_usd_per_mtok": _csv_number(row, "input_usd_per_mtok", where),
-                    "output_usd_per_mtok": _csv_number(row, "output_usd_per_mtok", where),
+                    "input_usd_per_mtok": _non_negative(row["input_usd_per_mtok"], where, "input_usd_per_mtok", "column"),
+                    "output_usd_per_mtok": _non_negative(row["output_usd_per_mtok"], where, "output_usd_per_mtok", "column"),
                 }
             )
     return entries
-
-
-def _csv_number(row: Mapping, column: str, where: str) -> float:
-    value = row[column]
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise CatalogError(f"{where}, column {column!r}: not a number: {value!r}") from None
-    if not math.isfinite(number) or number < 0:
-        raise CatalogError(f"{where}, column {column!r}: must be a finite number >= 0, got {value!r}")
-    return number
 
 
 def default_catalog() -> Catalog:

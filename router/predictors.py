@@ -204,6 +204,174 @@ class LightGBMSuccess(_CalibratedSuccess):
         self.__dict__.update(state)
 
 
+class IRTSuccess(_CalibratedSuccess):
+    """Shared prompt factors with per-model skills (IRT / logistic matrix factorisation).
+
+    ``logit P(success_ij) = b_j + a_j · θ(x_i)``: a low-dimensional prompt
+    embedding ``θ`` (``n_factors`` numbers: a difficulty and the kinds of
+    skill a prompt asks for) is predicted from the features by one map shared
+    by every model — linear (``hidden=0``: a reduced-rank logistic regression)
+    or a one-hidden-layer ``tanh`` network — and each model only learns its
+    skill vector ``a_j`` and bias ``b_j``. A model with few logged outcomes
+    borrows the prompt map learned from all the others; models that agree on
+    which prompts are hard pool their evidence about them.
+
+    Fitted jointly by full-batch L-BFGS on the weighted cross-entropy of the
+    observed entries (``NaN`` = unobserved; fractional targets enter the loss
+    as they are), with an L2 penalty ``alpha`` on every weight, from a seeded
+    initialisation (deterministic). With ``early_stopping`` the iterate with
+    the lowest loss on the held-out prompts is kept (the same prompts then
+    calibrate each model, as for ``LightGBMSuccess``). The fitted maps are
+    folded into the standardisation, so prediction is two matrix products.
+    """
+
+    def __init__(
+        self,
+        n_factors: int = 8,
+        hidden: int = 64,
+        alpha: float = 1e-3,
+        max_iter: int = 300,
+        early_stopping: bool = True,
+        holdout: float = 0.2,
+        calibration: str = "platt",
+        random_state: int = 0,
+    ):
+        self.n_factors = n_factors
+        self.hidden = hidden
+        self.alpha = alpha
+        self.max_iter = max_iter
+        self.early_stopping = early_stopping
+        self.holdout = holdout
+        self.calibration = calibration
+        self.random_state = random_state
+
+    # -- parameters as one flat vector (for L-BFGS) ---------------------
+    def _shapes(self, d: int, m: int) -> list[tuple[int, ...]]:
+        k = self.n_factors
+        if self.hidden:
+            return [(d, self.hidden), (self.hidden,), (self.hidden, k), (m, k), (m,)]
+        return [(d, k), (m, k), (m,)]
+
+    @staticmethod
+    def _unpack(theta: np.ndarray, shapes) -> list[np.ndarray]:
+        out, i = [], 0
+        for shape in shapes:
+            size = int(np.prod(shape))
+            out.append(theta[i : i + size].reshape(shape))
+            i += size
+        return out
+
+    def _forward(self, params, Z):
+        """Logits (n, m) and the intermediate values the gradient needs."""
+        if self.hidden:
+            W1, b1, W2, A, b = params
+            H = np.tanh(Z @ W1 + b1)
+            T = H @ W2
+            return T @ A.T + b, (H, T)
+        V, A, b = params
+        T = Z @ V
+        return T @ A.T + b, (None, T)
+
+    def _loss_grad(self, theta, shapes, Z, Y, M, total):
+        params = self._unpack(theta, shapes)
+        S, (H, T) = self._forward(params, Z)
+        # weighted cross-entropy with soft targets, stable form: log(1+e^s) - y s
+        loss = float(np.sum(M * (np.logaddexp(0.0, S) - Y * S))) / total
+        R = M * (0.5 * (1.0 + np.tanh(0.5 * S)) - Y) / total  # dL/dS
+        weights = params[:-1] if not self.hidden else [params[0], params[2], params[3]]
+        loss += 0.5 * self.alpha * sum(float(np.sum(w * w)) for w in weights)
+        A = params[-2]
+        gA = R.T @ T + self.alpha * A
+        gb = R.sum(axis=0)
+        gT = R @ A
+        if self.hidden:
+            W1, b1, W2 = params[0], params[1], params[2]
+            gW2 = H.T @ gT + self.alpha * W2
+            gP = (gT @ W2.T) * (1.0 - H * H)
+            gW1 = Z.T @ gP + self.alpha * W1
+            grads = [gW1, gP.sum(axis=0), gW2, gA, gb]
+        else:
+            V = params[0]
+            grads = [Z.T @ gT + self.alpha * V, gA, gb]
+        return loss, np.concatenate([g.ravel() for g in grads])
+
+    def _fit_raw(self, X, Y, W, X_cal=None, Y_cal=None):
+        from scipy.optimize import minimize
+
+        n, d = X.shape
+        m = Y.shape[1]
+        self.mean_ = X.mean(axis=0) if n else np.zeros(d)
+        self.scale_ = X.std(axis=0) if n else np.ones(d)
+        self.scale_[self.scale_ == 0] = 1.0
+        Z = (X - self.mean_) / self.scale_
+        seen = ~np.isnan(Y)
+        M = np.where(seen, W, 0.0)
+        Yf = np.where(seen, Y, 0.0)
+        total = max(float(M.sum()), 1e-12)
+        rng = np.random.default_rng(self.random_state)
+        shapes = self._shapes(d, m)
+        rate = np.clip(self.base_rate_, 1e-3, 1 - 1e-3)
+        k = self.n_factors
+        scale = lambda fan_in: 1.0 / np.sqrt(max(fan_in, 1))  # noqa: E731
+        if self.hidden:
+            h = self.hidden
+            init = [rng.normal(0, scale(d), (d, h)), np.zeros(h), rng.normal(0, scale(h), (h, k)), rng.normal(0, scale(k), (m, k))]
+        else:
+            init = [rng.normal(0, scale(d), (d, k)), rng.normal(0, scale(k), (m, k))]
+        init.append(np.log(rate / (1 - rate)))
+        theta0 = np.concatenate([p.ravel() for p in init])
+        self.n_iter_ = 0
+        if not seen.any():
+            best = theta0
+        else:
+            watch = bool(self.early_stopping and X_cal is not None and len(X_cal) and (~np.isnan(Y_cal)).any())
+            state = {"best": theta0, "best_loss": np.inf, "it": 0}
+            if watch:
+                Zc = (X_cal - self.mean_) / self.scale_
+                seen_c = ~np.isnan(Y_cal)
+                Mc, Yc = seen_c.astype(np.float64), np.where(seen_c, Y_cal, 0.0)
+                total_c = float(Mc.sum())
+
+                def callback(xk):
+                    state["it"] += 1
+                    S, _ = self._forward(self._unpack(xk, shapes), Zc)
+                    val = float(np.sum(Mc * (np.logaddexp(0.0, S) - Yc * S))) / total_c
+                    if val < state["best_loss"]:
+                        state["best"], state["best_loss"], state["best_it"] = xk.copy(), val, state["it"]
+
+            res = minimize(
+                self._loss_grad,
+                theta0,
+                args=(shapes, Z, Yf, M, total),
+                jac=True,
+                method="L-BFGS-B",
+                callback=callback if watch else None,
+                options={"maxiter": self.max_iter, "maxcor": 20},
+            )
+            best = state["best"] if watch and np.isfinite(state["best_loss"]) else res.x
+            self.n_iter_ = int(state.get("best_it", res.nit)) if watch else int(res.nit)
+        params = self._unpack(best, shapes)
+        # fold the standardisation into the first map and the factor map into the skills
+        first, A, b = params[0], params[-2], params[-1]
+        self.W_ = first / self.scale_[:, None]
+        if self.hidden:
+            self.c_ = params[1] - self.mean_ @ self.W_
+            self.M_ = params[2] @ A.T  # (hidden, m)
+        else:
+            self.M_ = None
+            self.W_ = self.W_ @ A.T  # (d, m): a rank-k logistic regression
+            b = b - self.mean_ @ self.W_
+            self.c_ = None
+        self.skills_ = A  # (m, k) per-model skill vectors
+        self.intercept_ = b
+        return self
+
+    def _raw(self, X):
+        if self.M_ is not None:
+            return sigmoid(np.tanh(X @ self.W_ + self.c_) @ self.M_ + self.intercept_)
+        return sigmoid(X @ self.W_ + self.intercept_)
+
+
 class KNNSuccess:
     """RouterBench's k-nearest-neighbours baseline: a model's success on the k most similar training prompts."""
 
@@ -325,5 +493,6 @@ SUCCESS_PREDICTORS = {
     "lightgbm": LightGBMSuccess,
     "logistic": LogisticSuccess,
     "knn": KNNSuccess,
+    "irt": IRTSuccess,
     "ensemble": EnsembleSuccess,
 }

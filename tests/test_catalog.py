@@ -95,7 +95,7 @@ def test_bad_prices_csv_names_line_and_column(tmp_path):
     path.write_text("model,provider,input_usd_per_mtok,output_usd_per_mtok,note\nm1,openai,1,2,\nm2,openai,abc,2,\n")
     with pytest.raises(CatalogError) as err:
         load_catalog([path])
-    assert f"{path}: line 3, column 'input_usd_per_mtok'" in str(err.value)
+    assert f"{path}: line 3: column 'input_usd_per_mtok' is not a number" in str(err.value)
 
 
 def test_prices_csv_missing_column(tmp_path):
