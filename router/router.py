@@ -98,12 +98,19 @@ class Router:
     def score(self, texts: Sequence[str], prices: PriceTable, models: Sequence[str] | None = None) -> Scores:
         texts = list(texts)
         tokens = np.array([count_tokens(t) for t in texts], dtype=np.float64)
-        return self.score_features(self.features(texts), tokens, prices, models)
+        return self.score_features(self._features(texts, tokens), tokens, prices, models)
+
+    def _features(self, texts: list[str], tokens: np.ndarray) -> np.ndarray:
+        """``features(texts)``; the built-in featurizer reuses the token counts (one tokenizer pass per prompt)."""
+        if isinstance(self.featurizer_, TextFeaturizer):
+            return self.featurizer_.transform(texts, n_tokens=tokens.tolist())
+        return self.features(texts)
 
     def _columns(self, prices: PriceTable, models: Sequence[str] | None) -> list[int]:
-        wanted = self.models_ if models is None else [m for m in models if m in set(self.models_)]
+        known = set(self.models_)
+        wanted = self.models_ if models is None else [m for m in models if m in known]
         if models is not None:
-            unknown = [m for m in models if m not in set(self.models_)]
+            unknown = [m for m in models if m not in known]
             if unknown:
                 raise RoutingError(f"model(s) {unknown} are not known to this router; it knows {self.models_}")
         cols = [self.models_.index(m) for m in wanted if m in prices]
@@ -143,16 +150,12 @@ class Router:
         acceptable = policy.acceptable(p, cost, mask)
         order = policy.rank(p, cost, mask)
         order = [chosen] + [j for j in order if j != chosen]
+        # Python floats and bools once (exactly the values float()/bool() of each element give)
+        p_, cost_, out_, ok_ = p.tolist(), cost.tolist(), s.output_tokens[0].tolist(), acceptable.tolist()
+        input_tokens = float(s.input_tokens[0])
+        models = s.models
         candidates = tuple(
-            Candidate(
-                model=s.models[j],
-                p_success=float(p[j]),
-                expected_input_tokens=float(s.input_tokens[0]),
-                expected_output_tokens=float(s.output_tokens[0, j]),
-                expected_cost=float(cost[j]),
-                acceptable=bool(acceptable[j]),
-            )
-            for j in order
+            Candidate(models[j], p_[j], input_tokens, out_[j], cost_[j], ok_[j]) for j in order
         )
         return Decision(
             model=s.models[chosen],

@@ -23,28 +23,31 @@ def _config(path: str | None, **overrides):
 @click.option("--port", type=int, default=None, help="port (default 8000)")
 @click.option("--workers", type=int, default=None, help="worker processes (default 1)")
 @click.option("--log-level", default="info", show_default=True)
-def serve(config_path, host, port, workers, log_level):
+@click.option("--access-log/--no-access-log", default=None,
+              help="uvicorn's per-request access log (default: the config's access_log, off)")
+def serve(config_path, host, port, workers, log_level, access_log):
     """Serve the OpenAI- and Anthropic-compatible routing endpoint."""
     import uvicorn
 
-    config = _config(config_path, host=host, port=port, workers=workers)
+    config = _config(config_path, host=host, port=port, workers=workers, access_log=access_log)
     if config.workers > 1:
         # Worker processes each build their own app from the environment.
         if config_path:
             os.environ[CONFIG_ENV] = str(Path(config_path).resolve())
-        for name, value in (("HOST", host), ("PORT", port)):
+        for name, value in (("HOST", host), ("PORT", port), ("ACCESS_LOG", access_log)):
             if value is not None:
                 os.environ[f"THRIFTY_SERVE_{name}"] = str(value)
         uvicorn.run(
             "serving.app:create_app_from_env", factory=True, host=config.host, port=config.port,
-            workers=config.workers, log_level=log_level, timeout_graceful_shutdown=config.graceful_shutdown_s,
+            workers=config.workers, log_level=log_level, access_log=config.access_log,
+            timeout_graceful_shutdown=config.graceful_shutdown_s,
         )
         return
     from serving.app import create_app
 
     # SIGTERM/SIGINT: stop accepting, let requests in flight finish (their records are written), then exit
     uvicorn.run(
-        create_app(config), host=config.host, port=config.port, log_level=log_level,
+        create_app(config), host=config.host, port=config.port, log_level=log_level, access_log=config.access_log,
         timeout_graceful_shutdown=config.graceful_shutdown_s,
     )
 

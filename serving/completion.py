@@ -20,18 +20,19 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
-import uuid
 from typing import Any, AsyncIterator, Mapping
 
 import anyio
 from fastapi import Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import Response
 
 from models.providers import UpstreamError, UpstreamStreamError
 from router.decision import Decision
 from serving import sse
 from serving.errors import InvalidRequest, ServingError, error_body, from_upstream
+from serving.fastjson import dumps
 from serving.reliability import Deadline, failover_order
 from serving.prompt import routing_text
 from serving.routing import Constraints
@@ -51,7 +52,7 @@ HEADER_TASK = "x-thrifty-task"
 
 def new_decision_id() -> str:
     # time-ordered prefix: ids sort by creation, which keeps the store's index local
-    return f"dec_{time.time_ns():x}{uuid.uuid4().hex[:12]}"
+    return f"dec_{time.time_ns():x}{os.urandom(6).hex()}"  # 48 random bits, as uuid4().hex[:12] gave
 
 
 def _header_float(headers: Mapping[str, str], name: str, low: float, high: float) -> float | None:
@@ -156,8 +157,9 @@ def new_record(
 def decide(services: Services, requested: str, text: str, constraints: Constraints) -> Decision:
     started = time.perf_counter()
     decision = services.routing.decide(requested, text, constraints)
-    services.metrics.routing_latency.observe(time.perf_counter() - started)
-    services.metrics.decisions.labels(decision.extra.get("profile", requested), decision.model).inc()
+    metrics = services.metrics
+    metrics.routing_latency.observe(time.perf_counter() - started)
+    metrics.child(metrics.decisions, decision.extra.get("profile", requested), decision.model).inc()
     return decision
 
 
@@ -165,7 +167,7 @@ async def handle_completion(
     services: Services, request: Request, client: str, fmt: str, body: Body, options: ThriftyOptions | None
 ) -> Any:
     deadline = Deadline(services.config.deadline_s)
-    endpoint = request.url.path
+    endpoint = request.scope["path"]  # the route matched this exact path (request.url would parse it again)
     constraints = constraints_from(request.headers, options, body)
     body = {k: v for k, v in body.items() if k != "thrifty"}
     requested, stream = body["model"], bool(body.get("stream"))
@@ -219,7 +221,8 @@ async def handle_completion(
     if not stream:
         _finish_record(services, record, answer.spec, answer.usage, started, answer.finish_reason, answer.text)
         await services.store.write(record)
-        return JSONResponse(answer.body, headers=headers)
+        return Response(answer.raw if answer.raw is not None else dumps(answer.body), headers=headers,
+                        media_type="application/json")
     return sse.EventStreamResponse(
         _stream_events(services, fmt, opened, record, started), headers={**headers, **sse.HEADERS}
     )
@@ -239,9 +242,10 @@ def _finish_record(services: Services, record: DecisionRecord, spec, usage: Usag
     record.finish_reason = finish_reason
     if services.config.store_responses:
         record.response = text
-    services.metrics.spend.labels(spec.id).inc(record.cost_usd)
-    services.metrics.tokens.labels(spec.id, "input").inc(usage.input_tokens)
-    services.metrics.tokens.labels(spec.id, "output").inc(usage.output_tokens)
+    metrics = services.metrics
+    metrics.child(metrics.spend, spec.id).inc(record.cost_usd)
+    metrics.child(metrics.tokens, spec.id, "input").inc(usage.input_tokens)
+    metrics.child(metrics.tokens, spec.id, "output").inc(usage.output_tokens)
 
 
 async def _stream_events(services: Services, fmt: str, opened, record: DecisionRecord, started: float) -> AsyncIterator[bytes]:
@@ -266,14 +270,26 @@ async def _stream_events(services: Services, fmt: str, opened, record: DecisionR
             record.status = status
         await services.store.write(record)
 
+    done = False  # OpenAI's [DONE] sent
     try:
         async for event in opened.events:
+            if type(event) is tuple:  # passthrough: SSE bytes in the client's dialect, and whether they end the answer
+                payload, final = event
+                if final:
+                    await finish(None)
+                    if fmt == "openai":
+                        payload += sse.OPENAI_DONE
+                        done = True
+                if payload:
+                    yield payload
+                continue
             if fmt == "anthropic" and event.get("type") == "message_stop":
                 await finish(None)
             yield sse.encode(fmt, event)
         if fmt == "openai":
             await finish(None)
-            yield sse.OPENAI_DONE
+            if not done:
+                yield sse.OPENAI_DONE
         else:
             await finish(None)
     except UpstreamError as exc:

@@ -16,6 +16,7 @@ Example::
       anthropic: {api_key: sk-ant-..., base_url: https://api.anthropic.com}
     store_path: ~/.thrifty/outcomes.db
     redact_prompts: false
+    access_log: false                         # uvicorn's per-request access log line (off by default)
 
 Nothing is read at import time; :func:`get_config` caches the config of the
 process (tests pass a config to ``create_app`` or call ``get_config.cache_clear()``).
@@ -113,6 +114,11 @@ class ServingConfig(BaseSettings):
     breaker_failures: int = Field(default=5, ge=1, description="consecutive failures that take a model out")
     breaker_cooldown_s: float = Field(default=30.0, gt=0, description="time out before a probe request")
     graceful_shutdown_s: float = Field(default=30.0, gt=0, description="on SIGTERM: time for in-flight requests to finish")
+    access_log: bool = Field(
+        default=False,
+        description="uvicorn's access log, one line per request (off by default: it costs CPU on every request, and "
+        "the outcome store and /metrics already record each one); `thrifty serve --access-log` turns it on",
+    )
     store_synchronous: Literal["NORMAL", "FULL"] = Field(
         default="NORMAL", description="NORMAL survives a process kill; FULL also an OS crash or power loss"
     )

@@ -45,9 +45,11 @@ from models.providers import (
     ProviderPool,
     UpstreamError,
     UpstreamRateLimited,
+    UpstreamStreamError,
     UpstreamTimeout,
 )
-from serving import translate
+from models.providers.raw import RawStream, SSEEvent
+from serving import sse, translate
 from serving.errors import BadGateway, GatewayTimeout, InvalidRequest, ModelsUnavailable
 from serving.metrics import Metrics
 from serving.reliability import BREAKER_KINDS, Breakers, Deadline, fails_over
@@ -67,12 +69,17 @@ class Answer:
     usage: Usage
     finish_reason: str | None
     text: str
+    raw: bytes | None = None  # ``body`` as the upstream's own bytes, when they can be forwarded unchanged
 
 
 @dataclass
 class StreamAnswer:
+    """An opened stream. ``events`` yields, in the client's format, either event dicts (translated streams)
+    or ``(bytes, final)`` pairs: SSE bytes ready to send (passthrough), ``final`` marking the part that
+    ends the answer (it carries Anthropic's ``message_stop``; for OpenAI, ``[DONE]`` is to follow it)."""
+
     spec: ModelSpec
-    events: AsyncIterator[Body]  # in the client's format
+    events: AsyncIterator[Body | tuple[bytes, bool]]
     watcher: StreamWatcher  # on the upstream's events: usage, finish, completeness
 
 
@@ -145,19 +152,28 @@ class Dispatcher:
         ranking: Sequence[str] = (),
     ) -> Answer:
         async def call(spec: ModelSpec, upstream_body: Body, attempt: AttemptRecord, timeout: float) -> Answer:
+            provider = self.pool.get(spec)
+            send_raw = getattr(provider, "send_raw", None)
+            content = None
             try:
                 async with asyncio.timeout(timeout):
-                    result = await self.pool.get(spec).send(spec, upstream_body, stream=False)
+                    if send_raw is not None:
+                        result, content = await send_raw(spec, upstream_body, stream=False)
+                    else:
+                        result = await provider.send(spec, upstream_body, stream=False)
             except TimeoutError:
                 raise UpstreamTimeout(f"model {spec.id!r} gave no answer within {timeout:.3g}s", model=spec.id) from None
             usage = usage_of(spec.wire_format, result)
             self._succeeded(attempt, spec, usage)
+            # the upstream's bytes go to the client unchanged when they already name the catalog id
+            forward = content is not None and spec.wire_format == client_format and result.get("model") == spec.id
             return Answer(
                 spec=spec,
-                body=self._present(client_format, spec, result),
+                body=result if forward else self._present(client_format, spec, result),
                 usage=usage,
                 finish_reason=finish_of(spec.wire_format, result),
                 text=text_of_response(spec.wire_format, result),
+                raw=content if forward else None,
             )
 
         return await self._failover(
@@ -179,12 +195,16 @@ class Dispatcher:
         """Open the upstream stream and read it up to its first token; the rest is read later, by the response."""
 
         async def call(spec: ModelSpec, upstream_body: Body, attempt: AttemptRecord, timeout: float) -> StreamAnswer:
+            provider = self.pool.get(spec)
+            if getattr(provider, "send_raw", None) is not None:
+                return await self._open_raw(provider, client_format, spec, upstream_body, attempt, timeout,
+                                            include_usage=include_usage, keep_text=keep_text)
             watcher = StreamWatcher(spec.wire_format, keep_text=keep_text)
             watched: AsyncIterator[Body] | None = None
             head: list[Body] = []
             try:
                 async with asyncio.timeout(timeout):
-                    events = await self.pool.get(spec).send(spec, upstream_body, stream=True)
+                    events = await provider.send(spec, upstream_body, stream=True)
                     watched = watcher.watch(_idle_guard(events, spec.id, self.stream_idle_timeout_s), spec.id)
                     while True:
                         try:
@@ -213,6 +233,53 @@ class Dispatcher:
             client_format, body, candidates, attempts, deadline, ranking, call, stream=True,
             timeout=self.first_token_timeout_s,
         )
+
+    async def _open_raw(self, provider, client_format: str, spec: ModelSpec, upstream_body: Body, attempt: AttemptRecord,
+                        timeout: float, *, include_usage: bool, keep_text: bool) -> StreamAnswer:
+        """``open_stream`` through a provider's ``send_raw``: events read a network read at a time, bytes forwarded."""
+        watcher = StreamWatcher(spec.wire_format, keep_text=keep_text)
+        idle = IdleTimer(self.stream_idle_timeout_s, spec.id)
+        wire = spec.wire_format
+        raw: RawStream | None = None
+        head: list[SSEEvent] = []
+        try:
+            async with asyncio.timeout(timeout):
+                raw = await provider.send_raw(spec, upstream_body, stream=True)
+                while True:
+                    events = await idle.wait(raw.batch())
+                    if not events:
+                        _check_complete(watcher, spec.id)
+                        break
+                    head += events
+                    content = False
+                    for event in events:
+                        watcher.observe(event.data)
+                        content = content or _carries_content(wire, event.data)
+                    if content:
+                        break
+        except TimeoutError:
+            idle.stop()
+            if raw is not None:
+                await raw.aclose()
+            self._usage_so_far(attempt, spec, watcher.usage)
+            raise UpstreamTimeout(f"model {spec.id!r} sent no first token within {timeout:.3g}s", model=spec.id) from None
+        except BaseException:
+            idle.stop()
+            if raw is not None:
+                await raw.aclose()
+            self._usage_so_far(attempt, spec, watcher.usage)
+            raise
+        if wire != client_format:  # translated: event dicts through the translator
+            events = _raw_dicts(head, raw, watcher, idle)
+            if client_format == "openai":
+                stream = translate.anthropic_stream_to_openai(events, model=spec.id, include_usage=include_usage)
+            else:
+                stream = translate.openai_stream_to_anthropic(events, model=spec.id)
+        elif wire == "openai":
+            stream = _openai_passthrough(head, raw, watcher, idle, spec.id, include_usage)
+        else:
+            stream = _anthropic_passthrough(head, raw, watcher, idle, spec.id)
+        return StreamAnswer(spec=spec, events=stream, watcher=watcher)
 
     def finish_attempt(
         self, attempt: AttemptRecord, spec: ModelSpec, usage: Usage, error: UpstreamError | None, *, verdict: bool = True
@@ -384,7 +451,7 @@ class Dispatcher:
         attempt.input_tokens, attempt.output_tokens = usage.input_tokens, usage.output_tokens
         attempt.cost_usd = spec.cost(usage.input_tokens, usage.output_tokens)
         if self.metrics:
-            self.metrics.upstream_latency.labels(spec.id).observe(attempt.latency_s)
+            self.metrics.child(self.metrics.upstream_latency, spec.id).observe(attempt.latency_s)
 
     @staticmethod
     def _present(client_format: str, spec: ModelSpec, result: Body) -> Body:
@@ -422,21 +489,194 @@ def _carries_content(wire_format: str, event: Body) -> bool:
     return False
 
 
+class IdleTimer:
+    """Stall detection: a wait for a stream's next event that lasts ``idle_s`` ends with :class:`UpstreamTimeout`.
+
+    What ``asyncio.timeout(idle_s)`` around every wait does, for a fraction of its
+    cost: one timer per stream, re-armed lazily when it fires early, instead of
+    a timer scheduled and cancelled per event. On expiry it cancels the waiting
+    task and turns that cancellation (only that one) into the timeout, as
+    ``asyncio.timeout`` does. ``stop()`` when the stream is over.
+    """
+
+    __slots__ = ("idle_s", "model", "_loop", "_handle", "_task", "_started", "_waiting", "_expired", "_cancelling")
+
+    def __init__(self, idle_s: float, model: str):
+        self.idle_s = idle_s
+        self.model = model
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._handle: asyncio.TimerHandle | None = None
+        self._task: asyncio.Task | None = None
+        self._started = 0.0
+        self._waiting = False
+        self._expired = False
+        self._cancelling = 0
+
+    async def wait(self, awaitable):
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        task = self._task = asyncio.current_task()
+        self._cancelling = task.cancelling()
+        self._started = loop.time()
+        self._waiting = True
+        if self._handle is None:
+            self._handle = loop.call_at(self._started + self.idle_s, self._fire)
+        try:
+            return await awaitable
+        except asyncio.CancelledError:
+            if self._expired:
+                self._expired = False
+                if task.uncancel() <= self._cancelling:
+                    raise UpstreamTimeout(
+                        f"stream of model {self.model!r} stalled: no event for {self.idle_s:g}s", model=self.model
+                    ) from None
+            raise
+        finally:
+            self._waiting = False
+            if self._expired:  # expired, but the wait ended otherwise: take the cancellation back
+                self._expired = False
+                task.uncancel()
+
+    def _fire(self) -> None:
+        self._handle = None
+        if not self._waiting:
+            return  # the next wait arms a new timer
+        due = self._started + self.idle_s
+        if self._loop.time() >= due:
+            self._expired = True
+            self._task.cancel()
+        else:
+            self._handle = self._loop.call_at(due, self._fire)
+
+    def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+
 async def _idle_guard(events: AsyncIterator[Body], model: str, idle_s: float) -> AsyncIterator[Body]:
     """``events``, ended as stalled (:class:`UpstreamTimeout`) after ``idle_s`` without one."""
     iterator = events.__aiter__()
+    idle = IdleTimer(idle_s, model)
     try:
         while True:
             try:
-                async with asyncio.timeout(idle_s):
-                    event = await iterator.__anext__()
+                event = await idle.wait(iterator.__anext__())
             except StopAsyncIteration:
                 return
-            except TimeoutError:
-                raise UpstreamTimeout(f"stream of model {model!r} stalled: no event for {idle_s:g}s", model=model) from None
             yield event
     finally:
+        idle.stop()
         await _aclose(iterator)
+
+
+def _check_complete(watcher: StreamWatcher, model: str) -> None:
+    if not watcher.complete:
+        raise UpstreamStreamError(f"stream of model {model!r} ended without its final event", model=model)
+
+
+async def _raw_dicts(head: list[SSEEvent], raw: RawStream, watcher: StreamWatcher, idle: IdleTimer) -> AsyncIterator[Body]:
+    """The event dicts of a raw stream (for translation), watched; the events read ahead first."""
+    try:
+        for event in head:
+            yield event.data
+        while True:
+            events = await idle.wait(raw.batch())
+            if not events:
+                break
+            for event in events:
+                watcher.observe(event.data)
+                yield event.data
+        _check_complete(watcher, raw.model)
+    finally:
+        idle.stop()
+        await raw.aclose()
+
+
+async def _openai_passthrough(head: list[SSEEvent], raw: RawStream, watcher: StreamWatcher, idle: IdleTimer,
+                              model: str, include_usage: bool) -> AsyncIterator[tuple[bytes, bool]]:
+    """An OpenAI stream to an OpenAI client: what ``_openai_native_stream`` does to each chunk, on bytes.
+
+    A chunk goes out as the upstream sent it unless it must change (its ``model``
+    is not the catalog id, or it carries the usage the client did not ask for);
+    the events of one network read go out in one write. The last part is
+    marked final once the upstream ended complete (``[DONE]`` follows it).
+    """
+    try:
+        events = head
+        while True:
+            parts = []
+            for event in events:
+                chunk = event.data
+                if not include_usage and "usage" in chunk:
+                    if not chunk.get("choices") and chunk["usage"]:
+                        continue  # the usage chunk thrifty asked for, not the client
+                    del chunk["usage"]
+                elif chunk.get("model") == model:
+                    parts.append(event.raw)
+                    continue
+                chunk["model"] = model
+                parts.append(sse.encode("openai", chunk))
+            payload = b"".join(parts)
+            if raw.done:  # [DONE] read: nothing follows
+                if watcher.complete:
+                    yield payload, True
+                    return
+                if payload:
+                    yield payload, False
+                _check_complete(watcher, model)
+            if payload:
+                yield payload, False
+            events = await idle.wait(raw.batch())
+            if not events:
+                _check_complete(watcher, model)
+                yield b"", True
+                return
+            for event in events:
+                watcher.observe(event.data)
+    finally:
+        idle.stop()
+        await raw.aclose()
+
+
+async def _anthropic_passthrough(head: list[SSEEvent], raw: RawStream, watcher: StreamWatcher, idle: IdleTimer,
+                                 model: str) -> AsyncIterator[tuple[bytes, bool]]:
+    """An Anthropic stream to an Anthropic client: what ``_anthropic_native_stream`` does, on bytes.
+
+    An event goes out as the upstream sent it unless its ``message_start`` names
+    another model (or its SSE name is not its type); the part holding
+    ``message_stop`` is marked final.
+    """
+    try:
+        events = head
+        while True:
+            parts = []
+            final = False
+            for event in events:
+                data = event.data
+                kind = data.get("type")
+                message = data.get("message") if kind == "message_start" else None
+                if isinstance(message, dict) and message.get("model") != model:
+                    message["model"] = model
+                    parts.append(sse.encode("anthropic", data))
+                elif event.name != (kind if kind is not None else "message"):
+                    parts.append(sse.encode("anthropic", data))
+                else:
+                    parts.append(event.raw)
+                if kind == "message_stop":
+                    final = True
+            if parts:
+                yield b"".join(parts), final
+            events = await idle.wait(raw.batch())
+            if not events:
+                _check_complete(watcher, model)
+                return
+            for event in events:
+                watcher.observe(event.data)
+    finally:
+        idle.stop()
+        await raw.aclose()
 
 
 async def _replay(head: list[Body], rest: AsyncIterator[Body] | None) -> AsyncIterator[Body]:

@@ -16,6 +16,7 @@ from fastapi import Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from serving.errors import InvalidRequest, PayloadTooLarge
+from serving.fastjson import loads
 
 Body = dict[str, Any]
 
@@ -39,7 +40,7 @@ async def read_json_body(request: Request, max_bytes: int) -> Body:
     if not raw.strip():
         raise InvalidRequest("request body is empty; expected a JSON object")
     try:
-        body = json.loads(raw)
+        body = loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):

@@ -12,7 +12,7 @@ import random
 from dataclasses import dataclass, field
 
 from models.catalog import Catalog, load_catalog
-from models.providers import ProviderPool, UpstreamSettings
+from models.providers import MissingUpstreamKey, ProviderPool, UpstreamSettings
 from router.profiles import Profile, load_profiles
 from router.router import Router
 from serving.config import ServingConfig
@@ -41,6 +41,30 @@ class Services:
     budgets: Budgets | None = None
     client_keys: dict[str, str] = field(repr=False, default_factory=dict)  # key -> client name
     secrets: list[str] = field(repr=False, default_factory=list)  # upstream keys, scrubbed from messages
+
+    def warm_up(self) -> None:
+        """Load now what the first request would otherwise wait for.
+
+        The o200k tokenizer (about a second), each router's first decision (lazy
+        allocations in the predictors) and the SDK client of every model the
+        routers can choose (the SDK imports). Best effort: a failure here is
+        logged and left to the first request to report.
+        """
+        from models.tokens import count_tokens
+
+        try:
+            count_tokens("warm up")
+            for uri in self.routers.uris:
+                loaded = self.routers.get(uri)
+                loaded.router.route("warm up the router", self.routing.prices)
+                for model in loaded.router.models_:
+                    if model in self.catalog:
+                        try:
+                            self.pool.get(self.catalog.get(model))
+                        except MissingUpstreamKey:
+                            pass  # reported when the model is called
+        except Exception:  # noqa: BLE001 - warming up must never keep the server from starting
+            log.warning("warm-up failed; the first requests will load what is missing", exc_info=True)
 
     async def aclose(self) -> None:
         if self.watcher is not None:

@@ -8,32 +8,27 @@ per event (the SDK skips events without a name), ending with
 
 from __future__ import annotations
 
-import json
-from typing import Any
-
 import anyio
 from starlette.responses import StreamingResponse
 from starlette.types import Send
+
+from serving.fastjson import dumps
 
 OPENAI_DONE = b"data: [DONE]\n\n"
 HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
 
-def _dumps(data: Any) -> str:
-    return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
-
-
 def encode(fmt: str, event: dict) -> bytes:
     if fmt == "anthropic":
-        return f"event: {event.get('type', 'message')}\ndata: {_dumps(event)}\n\n".encode()
-    return f"data: {_dumps(event)}\n\n".encode()
+        return b"event: " + str(event.get("type", "message")).encode() + b"\ndata: " + dumps(event) + b"\n\n"
+    return b"data: " + dumps(event) + b"\n\n"
 
 
 def encode_error(fmt: str, body: dict) -> bytes:
     """``body``: an error body of :func:`serving.errors.error_body` in the same style."""
     if fmt == "anthropic":
-        return f"event: error\ndata: {_dumps(body)}\n\n".encode()
-    return f"data: {_dumps(body)}\n\n".encode()
+        return b"event: error\ndata: " + dumps(body) + b"\n\n"
+    return b"data: " + dumps(body) + b"\n\n"
 
 
 class EventStreamResponse(StreamingResponse):

@@ -4,7 +4,9 @@ SQLite in WAL mode (readers never block the writer; ``thrifty logs export``
 can read while the server writes). All writes go through one writer thread
 with a queue, so the event loop never waits on disk and the connection is
 never shared between threads; ``await store.write(...)`` returns once the
-record is committed, and the server awaits it *before* a response completes,
+record is committed (records queued together are committed together, in
+one transaction: group commit; a record that fails is retried alone, so it
+never takes the others with it), and the server awaits it *before* a response completes,
 so an answered request's record survives the process being killed
 (``synchronous=NORMAL`` in WAL mode loses nothing on a process crash; only an
 OS crash or power loss can drop the last commits; ``synchronous="FULL"``
@@ -28,15 +30,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import queue
 import sqlite3
 import threading
 import time
 from concurrent.futures import Future
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Iterable
+
+from serving.fastjson import dumps
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS decisions (
@@ -178,20 +181,19 @@ class DecisionRecord:
         return float(sum(a.cost_usd or 0.0 for a in self.attempts))
 
     def row(self) -> dict[str, Any]:
-        data = asdict(self)
-        data.pop("attempts")
-        data.pop("reservation")
-        data["candidates"] = json.dumps(self.candidates, default=_json_default)
+        """The ``decisions`` row (every field but ``attempts`` and ``reservation``; candidates as JSON)."""
+        data = {name: getattr(self, name) for name in _ROW_FIELDS}
+        data["candidates"] = dumps(self.candidates).decode()
         data["fallback"] = int(self.fallback)
         data["explored"] = int(self.explored)
         data["stream"] = int(self.stream)
         return data
 
 
-def _json_default(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    raise TypeError(f"not JSON serializable: {type(value).__name__}")
+_ROW_FIELDS = tuple(f.name for f in fields(DecisionRecord) if f.name not in ("attempts", "reservation"))
+_INSERT_DECISION = (
+    f"INSERT OR REPLACE INTO decisions ({', '.join(_ROW_FIELDS)}) VALUES ({', '.join(':' + f for f in _ROW_FIELDS)})"
+)
 
 
 def connect(path: Path, synchronous: str = "NORMAL") -> sqlite3.Connection:
@@ -217,10 +219,12 @@ class OutcomeStore:
     ``await add_feedback(...)``: attach an outcome; False when the decision id is unknown.
     """
 
+    MAX_BATCH = 256  # records committed in one transaction at most
+
     def __init__(self, path: str | Path, *, synchronous: str = "NORMAL"):
         self.path = Path(path).expanduser()
         self.synchronous = synchronous
-        self._queue: queue.Queue = queue.Queue()
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._closed = False
 
@@ -245,23 +249,73 @@ class OutcomeStore:
     def _run(self) -> None:
         conn = connect(self.path, self.synchronous)
         try:
-            while True:
-                item = self._queue.get()
-                if item is _STOP:
-                    break
-                job, future = item
-                if not future.set_running_or_notify_cancel():
-                    continue
-                try:
-                    future.set_result(job(conn))
-                except BaseException as exc:  # report to the waiter, keep the writer alive
+            stop = False
+            while not stop:
+                batch = [self._queue.get()]
+                while len(batch) < self.MAX_BATCH:  # whatever else is queued already goes in the same round
                     try:
-                        conn.execute("ROLLBACK")
-                    except sqlite3.Error:
-                        pass
-                    future.set_exception(exc)
+                        batch.append(self._queue.get_nowait())
+                    except queue.Empty:
+                        break
+                records: list[tuple[DecisionRecord, Any]] = []
+                for item in batch:
+                    if item is _STOP:
+                        stop = True
+                    elif isinstance(item[0], DecisionRecord):
+                        records.append(item)
+                        continue
+                    self._write_records(conn, records)  # before a job or the stop: queue order is kept
+                    records = []
+                    if not stop:
+                        self._run_job(conn, *item)
+                self._write_records(conn, records)
         finally:
             conn.close()
+
+    @staticmethod
+    def _run_job(conn: sqlite3.Connection, job: Callable[[sqlite3.Connection], Any], future: Future) -> None:
+        if not future.set_running_or_notify_cancel():
+            return
+        try:
+            future.set_result(job(conn))
+        except BaseException as exc:  # report to the waiter, keep the writer alive
+            _rollback(conn)
+            future.set_exception(exc)
+
+    @staticmethod
+    def _write_records(conn: sqlite3.Connection, records: list[tuple[DecisionRecord, Any]]) -> None:
+        """Commit ``records`` in one transaction (each alone if that fails), then tell their waiters."""
+        if not records:
+            return
+        outcomes: list[BaseException | None]
+        try:
+            conn.execute("BEGIN")
+            for record, _ in records:
+                _write_record(conn, record)
+            conn.execute("COMMIT")
+            outcomes = [None] * len(records)
+        except BaseException:
+            _rollback(conn)
+            outcomes = []
+            for record, _ in records:
+                try:
+                    _insert(conn, record)
+                    outcomes.append(None)
+                except BaseException as exc:
+                    _rollback(conn)
+                    outcomes.append(exc)
+        by_loop: dict[Any, list] = {}
+        for (_, waiter), outcome in zip(records, outcomes):
+            if isinstance(waiter, Future):
+                if waiter.set_running_or_notify_cancel():
+                    waiter.set_exception(outcome) if outcome is not None else waiter.set_result(None)
+            else:  # (loop, asyncio future) of write(): one wake-up per loop for the whole batch
+                by_loop.setdefault(waiter[0], []).append((waiter[1], outcome))
+        for loop, done in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_settle_waiters, done)
+            except RuntimeError:  # the loop is closed: nobody waits any more
+                pass
 
     def _submit(self, job: Callable[[sqlite3.Connection], Any]) -> Future:
         if self._thread is None:
@@ -272,10 +326,21 @@ class OutcomeStore:
 
     # -- writes ----------------------------------------------------------------
     def submit(self, record: DecisionRecord) -> Future:
-        return self._submit(lambda conn: _insert(conn, record))
+        """Queue ``record``; the future is done once it is committed."""
+        if self._thread is None:
+            raise RuntimeError("the outcome store is not open")
+        future: Future = Future()
+        self._queue.put((record, future))
+        return future
 
     async def write(self, record: DecisionRecord) -> None:
-        await asyncio.wrap_future(self.submit(record))
+        """Commit ``record``; returns once it is committed (it is committed even if the caller stops waiting)."""
+        if self._thread is None:
+            raise RuntimeError("the outcome store is not open")
+        loop = asyncio.get_running_loop()
+        waiter = loop.create_future()
+        self._queue.put((record, (loop, waiter)))
+        await waiter
 
     async def add_feedback(self, decision_id: str, success: float, source: str, score_raw: float | None = None) -> bool:
         def job(conn: sqlite3.Connection) -> bool:
@@ -349,13 +414,17 @@ class OutcomeStore:
 
 
 def _insert(conn: sqlite3.Connection, record: DecisionRecord) -> None:
-    row = record.row()
-    columns = ", ".join(row)
-    marks = ", ".join(f":{k}" for k in row)
+    """Commit one record in a transaction of its own."""
     conn.execute("BEGIN")
+    _write_record(conn, record)
+    conn.execute("COMMIT")
+
+
+def _write_record(conn: sqlite3.Connection, record: DecisionRecord) -> None:
+    """A decision, its attempts and its budget settlement, inside the caller's transaction."""
     if record.reservation is not None:
         _settle(conn, record)
-    conn.execute(f"INSERT OR REPLACE INTO decisions ({columns}) VALUES ({marks})", row)
+    conn.execute(_INSERT_DECISION, record.row())
     conn.execute("DELETE FROM attempts WHERE decision_id = ?", (record.decision_id,))
     conn.executemany(
         "INSERT INTO attempts (decision_id, n, model, ts, latency_s, status, error_kind, http_status,"
@@ -366,7 +435,23 @@ def _insert(conn: sqlite3.Connection, record: DecisionRecord) -> None:
             for n, a in enumerate(record.attempts)
         ],
     )
-    conn.execute("COMMIT")
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    try:
+        conn.execute("ROLLBACK")
+    except sqlite3.Error:  # no transaction open
+        pass
+
+
+def _settle_waiters(done: list) -> None:
+    """On the waiters' event loop: resolve the futures of a committed batch."""
+    for waiter, outcome in done:
+        if not waiter.done():
+            if outcome is None:
+                waiter.set_result(None)
+            else:
+                waiter.set_exception(outcome)
 
 
 def _settle(conn: sqlite3.Connection, record: DecisionRecord) -> None:

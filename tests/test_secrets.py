@@ -54,6 +54,7 @@ def test_canary_keys_appear_nowhere_after_the_fault_suite(canary_fake, router_pa
         explore_epsilon=0.5, explore_seed=0, store_responses=True,
         deadline_s=6.0, attempt_timeout_s=1.0, first_token_timeout_s=1.0, stream_idle_timeout_s=0.5,
         retry_after_max_s=0.5, breaker_failures=50,
+        access_log=True,  # off by default; on here, so the log holds every request line too
     )
     surfaces: dict[str, str] = {}  # where -> text that must not hold a canary
 

@@ -14,9 +14,12 @@ from models.providers.errors import (
     UpstreamError,
     UpstreamStreamError,
     UpstreamTimeout,
-    UpstreamUnavailable,
+    anthropic_stream_error,
     status_error,
 )
+from models.providers.raw import RawAnswer, RawStream, absolute_url, anthropic_event, parse_answer
+
+PATH = "/v1/messages"
 
 
 def map_anthropic_error(exc: Exception, model: str) -> UpstreamError:
@@ -29,12 +32,7 @@ def map_anthropic_error(exc: Exception, model: str) -> UpstreamError:
         body = exc.body
         # An ``event: error`` inside a 200 stream becomes an APIStatusError with status 200.
         if status < 400:
-            message = (body.get("error") or {}).get("message") if isinstance(body, dict) else None
-            error_type = (body.get("error") or {}).get("type") if isinstance(body, dict) else None
-            text = message or "error event in stream"
-            if error_type == "overloaded_error":
-                return UpstreamUnavailable(text, model=model, status=529, code=error_type)
-            return UpstreamStreamError(f"upstream stream of model {model!r} failed: {text}", model=model, code=error_type)
+            return anthropic_stream_error(body, model)
         return status_error(status, body, model=model, headers=exc.response.headers, fallback=exc.message)
     return UpstreamStreamError(f"malformed response from the upstream of model {model!r}", model=model)
 
@@ -48,6 +46,7 @@ class AnthropicProvider:
         self.client = client
         self.timeout = timeout
         self._known = sdk_parameters(client.messages.create)
+        self._url = absolute_url(client, PATH)
 
     async def send(self, spec: ModelSpec, body: Body, *, stream: bool) -> Body | EventStream:
         kwargs, extra = split_body(body, self._known)
@@ -62,6 +61,23 @@ class AnthropicProvider:
         if not stream:
             return result.to_dict(mode="json")
         return self._events(result, spec.id)
+
+    async def send_raw(self, spec: ModelSpec, body: Body, *, stream: bool) -> RawAnswer | RawStream:
+        """``send`` without the SDK's typed layer: the body goes as it is, the answer comes back as the upstream's bytes.
+
+        Through the same pooled SDK client (its low-level ``post``): same URL, auth,
+        timeout, retries and error mapping as ``send``. See :mod:`models.providers.raw`.
+        """
+        options: dict[str, Any] = {"timeout": self.timeout if self.timeout is not None else 600.0}
+        try:
+            response = await self.client.post(
+                self._url, cast_to=httpx2.Response, body={**body, "stream": stream}, options=options, stream=stream
+            )
+        except anthropic.AnthropicError as exc:
+            raise map_anthropic_error(exc, spec.id) from exc
+        if not stream:
+            return parse_answer(response.content, spec.id)
+        return RawStream(response, spec.id, anthropic_event)
 
     async def _events(self, stream: anthropic.AsyncStream, model: str) -> EventStream:
         try:

@@ -151,3 +151,14 @@ def status_error(
     if (code and "context_length" in code) or _CONTEXT_LENGTH.search(message):
         return ContextLengthExceeded(message, **kw)
     return UpstreamBadRequest(message, **kw)
+
+
+def anthropic_stream_error(body: object, model: str | None) -> UpstreamError:
+    """The error of an Anthropic ``event: error`` inside a 200 stream (data: ``{"type": "error", "error": {...}}``)."""
+    inner = body.get("error") if isinstance(body, Mapping) else None
+    message = inner.get("message") if isinstance(inner, Mapping) else None
+    error_type = inner.get("type") if isinstance(inner, Mapping) else None
+    text = message or "error event in stream"
+    if error_type == "overloaded_error":
+        return UpstreamUnavailable(text, model=model, status=529, code=error_type)
+    return UpstreamStreamError(f"upstream stream of model {model!r} failed: {text}", model=model, code=error_type)

@@ -16,6 +16,9 @@ from models.providers.errors import (
     UpstreamTimeout,
     status_error,
 )
+from models.providers.raw import RawAnswer, RawStream, absolute_url, openai_event, parse_answer
+
+PATH = "/chat/completions"
 
 
 def map_openai_error(exc: Exception, model: str) -> UpstreamError:
@@ -39,6 +42,7 @@ class OpenAIProvider:
         self.client = client
         self.timeout = timeout
         self._known = sdk_parameters(client.chat.completions.create)
+        self._url = absolute_url(client, PATH)
 
     async def send(self, spec: ModelSpec, body: Body, *, stream: bool) -> Body | EventStream:
         kwargs, extra = split_body(body, self._known)
@@ -52,6 +56,23 @@ class OpenAIProvider:
         if not stream:
             return result.to_dict(mode="json")
         return self._events(result, spec.id)
+
+    async def send_raw(self, spec: ModelSpec, body: Body, *, stream: bool) -> RawAnswer | RawStream:
+        """``send`` without the SDK's typed layer: the body goes as it is, the answer comes back as the upstream's bytes.
+
+        Through the same pooled SDK client (its low-level ``post``): same URL, auth,
+        timeout, retries and error mapping as ``send``. See :mod:`models.providers.raw`.
+        """
+        options: dict[str, Any] = {"timeout": self.timeout} if self.timeout is not None else {}
+        try:
+            response = await self.client.post(
+                self._url, cast_to=httpx2.Response, body={**body, "stream": stream}, options=options, stream=stream
+            )
+        except openai.OpenAIError as exc:
+            raise map_openai_error(exc, spec.id) from exc
+        if not stream:
+            return parse_answer(response.content, spec.id)
+        return RawStream(response, spec.id, openai_event)
 
     async def _events(self, stream: openai.AsyncStream, model: str) -> EventStream:
         try:

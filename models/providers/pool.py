@@ -3,7 +3,10 @@
 Clients are made lazily inside the running event loop (an aiohttp session
 binds to the loop that first uses it) and never at import time. Each uses the
 SDK's aiohttp transport (``DefaultAioHttpClient``): the default httpx transport
-is a known bottleneck under concurrent streaming.
+is a known bottleneck under concurrent streaming. Its connection pool allows
+1000 connections (no per-host limit) and keeps idle ones alive for reuse. The
+SDKs' platform headers (``X-Stainless-OS`` ...) are left out (see
+:data:`PLATFORM_HEADERS`).
 
 Upstream keys, first found wins: the spec's ``api_key_env`` variable, the
 ``keys`` given to the pool (the serving config's ``upstreams.<provider>.api_key``),
@@ -25,6 +28,20 @@ from models.providers.base import Provider
 
 ENV_KEYS = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY", "openai-compatible": "OPENAI_API_KEY"}
 KEYLESS = "no-key"  # what an OpenAI-compatible server without auth is sent
+
+
+# The SDKs' platform headers describe thrifty's host (OS, arch, Python and SDK versions) to
+# the provider; no upstream needs them, and every header costs CPU three times over (SDK,
+# httpx2, aiohttp) on every call. The pool builds its clients without them (each SDK's own
+# ``Omit()`` in ``default_headers``).
+PLATFORM_HEADERS = (
+    "X-Stainless-Lang",
+    "X-Stainless-Package-Version",
+    "X-Stainless-OS",
+    "X-Stainless-Arch",
+    "X-Stainless-Runtime",
+    "X-Stainless-Runtime-Version",
+)
 
 
 class MissingUpstreamKey(LookupError):
@@ -62,6 +79,7 @@ def default_factory(key: ClientKey, *, timeout: float, connect_timeout: float, m
             base_url=key.base_url,
             max_retries=max_retries,
             http_client=anthropic.DefaultAioHttpClient(timeout=_timeout(timeout, connect_timeout)),
+            default_headers={name: anthropic.Omit() for name in PLATFORM_HEADERS},
         )
         return AnthropicProvider(client, timeout=timeout)
     import openai
@@ -73,6 +91,7 @@ def default_factory(key: ClientKey, *, timeout: float, connect_timeout: float, m
         base_url=key.base_url,
         max_retries=max_retries,
         http_client=openai.DefaultAioHttpClient(timeout=_timeout(timeout, connect_timeout)),
+        default_headers={name: openai.Omit() for name in PLATFORM_HEADERS},
     )
     return OpenAIProvider(client, timeout=timeout)
 
