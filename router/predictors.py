@@ -205,171 +205,180 @@ class LightGBMSuccess(_CalibratedSuccess):
 
 
 class IRTSuccess(_CalibratedSuccess):
-    """Shared prompt factors with per-model skills (IRT / logistic matrix factorisation).
+    """Item-response model: prompt types and a shared difficulty, with per-model skills.
 
-    ``logit P(success_ij) = b_j + a_j · θ(x_i)``: a low-dimensional prompt
-    embedding ``θ`` (``n_factors`` numbers: a difficulty and the kinds of
-    skill a prompt asks for) is predicted from the features by one map shared
-    by every model — linear (``hidden=0``: a reduced-rank logistic regression)
-    or a one-hidden-layer ``tanh`` network — and each model only learns its
-    skill vector ``a_j`` and bias ``b_j``. A model with few logged outcomes
-    borrows the prompt map learned from all the others; models that agree on
-    which prompts are hard pool their evidence about them.
+    Every prompt has a latent *type* ``c`` (one of ``n_types``: the kind of
+    work it asks for) and a latent *difficulty* ``u ~ N(0, 1)``; model ``j``
+    succeeds with probability::
 
-    Fitted jointly by full-batch L-BFGS on the weighted cross-entropy of the
-    observed entries (``NaN`` = unobserved; fractional targets enter the loss
-    as they are), with an L2 penalty ``alpha`` on every weight, from a seeded
-    initialisation (deterministic). With ``early_stopping`` the iterate with
-    the lowest loss on the held-out prompts is kept (the same prompts then
-    calibrate each model, as for ``LightGBMSuccess``). The fitted maps are
-    folded into the standardisation, so prediction is two matrix products.
+        P(success_ij | c, u) = sigmoid(b_j + a_j · θ_c + d_j u)
+
+    with ``θ_c`` a type's position in a ``n_factors``-dimensional skill space,
+    ``a_j`` the model's skills there, ``b_j`` its overall strength and ``d_j``
+    how strongly the shared difficulty affects it (the 2PL item-response
+    model, with prompts as items). The type is predicted from the features by
+    a softmax map shared by all models; the difficulty is integrated out
+    (Gauss–Hermite, ``n_nodes`` points) so that within-prompt agreement of the
+    models ("every model failed this one") is explained by the difficulty
+    instead of being memorised by the feature map. So every model's outcomes
+    teach the one feature map, and a model only adds its own ``n_factors + 2``
+    numbers: a model logged on few prompts borrows what the others taught.
+
+    Fitted by full-batch L-BFGS on the marginal likelihood of the observed
+    entries (``NaN`` = unobserved; fractional scores enter as soft targets;
+    sample weights scale a prompt's likelihood term by the mean weight of its
+    logged calls — exact for served logs, one call per prompt), with L2
+    penalties ``alpha`` on the feature map and ``alpha_skill`` on the skill
+    factors, from a seeded initialisation: deterministic. Prediction is
+    ``softmax(X W + c) @ S`` with ``S`` the (type, model) success
+    probabilities, difficulty already integrated: two small matrix products.
     """
 
     def __init__(
         self,
-        n_factors: int = 8,
-        hidden: int = 64,
+        n_types: int = 16,
+        n_factors: int = 4,
+        n_nodes: int = 7,
         alpha: float = 1e-3,
+        alpha_skill: float = 1e-4,
         max_iter: int = 300,
-        early_stopping: bool = True,
         holdout: float = 0.2,
         calibration: str = "platt",
         random_state: int = 0,
     ):
+        self.n_types = n_types
         self.n_factors = n_factors
-        self.hidden = hidden
+        self.n_nodes = n_nodes
         self.alpha = alpha
+        self.alpha_skill = alpha_skill
         self.max_iter = max_iter
-        self.early_stopping = early_stopping
         self.holdout = holdout
         self.calibration = calibration
         self.random_state = random_state
 
     # -- parameters as one flat vector (for L-BFGS) ---------------------
     def _shapes(self, d: int, m: int) -> list[tuple[int, ...]]:
-        k = self.n_factors
-        if self.hidden:
-            return [(d, self.hidden), (self.hidden,), (self.hidden, k), (m, k), (m,)]
-        return [(d, k), (m, k), (m,)]
+        K, k = self.n_types, self.n_factors
+        return [(d, K), (K,), (K, k), (m, k), (m,), (m,)]  # W, c, θ, a, b, d
 
     @staticmethod
-    def _unpack(theta: np.ndarray, shapes) -> list[np.ndarray]:
+    def _unpack(flat: np.ndarray, shapes) -> list[np.ndarray]:
         out, i = [], 0
         for shape in shapes:
             size = int(np.prod(shape))
-            out.append(theta[i : i + size].reshape(shape))
+            out.append(flat[i : i + size].reshape(shape))
             i += size
         return out
 
-    def _forward(self, params, Z):
-        """Logits (n, m) and the intermediate values the gradient needs."""
-        if self.hidden:
-            W1, b1, W2, A, b = params
-            H = np.tanh(Z @ W1 + b1)
-            T = H @ W2
-            return T @ A.T + b, (H, T)
-        V, A, b = params
-        T = Z @ V
-        return T @ A.T + b, (None, T)
+    def _nodes(self) -> tuple[np.ndarray, np.ndarray]:
+        """Gauss–Hermite points and log-weights for an expectation over u ~ N(0, 1)."""
+        u, w = np.polynomial.hermite_e.hermegauss(max(int(self.n_nodes), 1))
+        return u, np.log(w / w.sum())
 
-    def _loss_grad(self, theta, shapes, Z, Y, M, total):
-        params = self._unpack(theta, shapes)
-        S, (H, T) = self._forward(params, Z)
-        # weighted cross-entropy with soft targets, stable form: log(1+e^s) - y s
-        loss = float(np.sum(M * (np.logaddexp(0.0, S) - Y * S))) / total
-        R = M * (0.5 * (1.0 + np.tanh(0.5 * S)) - Y) / total  # dL/dS
-        weights = params[:-1] if not self.hidden else [params[0], params[2], params[3]]
-        loss += 0.5 * self.alpha * sum(float(np.sum(w * w)) for w in weights)
-        A = params[-2]
-        gA = R.T @ T + self.alpha * A
-        gb = R.sum(axis=0)
-        gT = R @ A
-        if self.hidden:
-            W1, b1, W2 = params[0], params[1], params[2]
-            gW2 = H.T @ gT + self.alpha * W2
-            gP = (gT @ W2.T) * (1.0 - H * H)
-            gW1 = Z.T @ gP + self.alpha * W1
-            grads = [gW1, gP.sum(axis=0), gW2, gA, gb]
-        else:
-            V = params[0]
-            grads = [Z.T @ gT + self.alpha * V, gA, gb]
+    @staticmethod
+    def _log_softmax(G: np.ndarray) -> np.ndarray:
+        G = G - G.max(axis=1, keepdims=True)
+        return G - np.log(np.exp(G).sum(axis=1, keepdims=True))
+
+    def _type_success(self, theta, a, b, d) -> np.ndarray:
+        """(n_types, m) success probability of each model on each type, difficulty integrated out."""
+        u, logw = self._nodes()
+        L = theta @ a.T + b
+        return sum(np.exp(lw) * sigmoid(L + d * t) for t, lw in zip(u, logw))
+
+    def _loss_grad(self, flat, shapes, Z, MY, MN, M, weight, total):
+        W, c, theta, a, b, d = self._unpack(flat, shapes)
+        u, logw = self._nodes()
+        log_pi = self._log_softmax(Z @ W + c)  # (n, K) prior of each prompt's type
+        L = theta @ a.T + b  # (K, m)
+        # log-likelihood of each prompt's outcomes under each (type, difficulty node)
+        J = np.stack(
+            [log_pi + lw + MY @ (-np.logaddexp(0.0, -(L + d * t))).T + MN @ (-np.logaddexp(0.0, L + d * t)).T for t, lw in zip(u, logw)],
+            axis=2,
+        )  # (n, K, Q)
+        top = J.max(axis=(1, 2), keepdims=True)
+        lse = top[:, 0, 0] + np.log(np.exp(J - top).sum(axis=(1, 2)))
+        R = np.exp(J - lse[:, None, None]) * weight[:, None, None]  # weighted posterior over (type, node)
+        loss = -float(weight @ lse) / total
+        loss += 0.5 * self.alpha * float(np.sum(W * W))
+        loss += 0.5 * self.alpha_skill * float(np.sum(theta * theta) + np.sum(a * a))
+        gG = (np.exp(log_pi) * weight[:, None] - R.sum(axis=2)) / total
+        gL = np.zeros_like(L)
+        gd = np.zeros_like(d)
+        for q, t in enumerate(u):
+            Rq = R[:, :, q]
+            G = ((Rq.T @ M) * sigmoid(L + d * t) - Rq.T @ MY) / total
+            gL += G
+            gd += t * G.sum(axis=0)
+        grads = (
+            Z.T @ gG + self.alpha * W,
+            gG.sum(axis=0),
+            gL @ a + self.alpha_skill * theta,
+            gL.T @ theta + self.alpha_skill * a,
+            gL.sum(axis=0),
+            gd,
+        )
         return loss, np.concatenate([g.ravel() for g in grads])
 
     def _fit_raw(self, X, Y, W, X_cal=None, Y_cal=None):
         from scipy.optimize import minimize
 
-        n, d = X.shape
+        n, dim = X.shape
         m = Y.shape[1]
-        self.mean_ = X.mean(axis=0) if n else np.zeros(d)
-        self.scale_ = X.std(axis=0) if n else np.ones(d)
+        self.mean_ = X.mean(axis=0) if n else np.zeros(dim)
+        self.scale_ = X.std(axis=0) if n else np.ones(dim)
         self.scale_[self.scale_ == 0] = 1.0
         Z = (X - self.mean_) / self.scale_
         seen = ~np.isnan(Y)
-        M = np.where(seen, W, 0.0)
+        M = seen.astype(np.float64)
         Yf = np.where(seen, Y, 0.0)
-        total = max(float(M.sum()), 1e-12)
+        # A prompt's outcomes share its latent type and difficulty, so a weight
+        # applies to the prompt's whole likelihood term: the mean weight of its
+        # logged calls (exact for served logs, one call per prompt, and for
+        # weights constant per prompt, where weight 2 = the prompt logged twice).
+        count = M.sum(axis=1)
+        weight = np.where(count > 0, np.where(seen, W, 0.0).sum(axis=1) / np.maximum(count, 1), 0.0)
+        total = float(weight @ count)
+        K, k = self.n_types, self.n_factors
+        shapes = self._shapes(dim, m)
         rng = np.random.default_rng(self.random_state)
-        shapes = self._shapes(d, m)
         rate = np.clip(self.base_rate_, 1e-3, 1 - 1e-3)
-        k = self.n_factors
-        scale = lambda fan_in: 1.0 / np.sqrt(max(fan_in, 1))  # noqa: E731
-        if self.hidden:
-            h = self.hidden
-            init = [rng.normal(0, scale(d), (d, h)), np.zeros(h), rng.normal(0, scale(h), (h, k)), rng.normal(0, scale(k), (m, k))]
-        else:
-            init = [rng.normal(0, scale(d), (d, k)), rng.normal(0, scale(k), (m, k))]
-        init.append(np.log(rate / (1 - rate)))
-        theta0 = np.concatenate([p.ravel() for p in init])
+        init = [
+            rng.normal(0.0, 1.0 / np.sqrt(max(dim, 1)), (dim, K)),
+            np.zeros(K),
+            rng.normal(0.0, 1.0, (K, k)),
+            rng.normal(0.0, 1.0 / np.sqrt(max(k, 1)), (m, k)),
+            np.log(rate / (1 - rate)),
+            np.ones(m),
+        ]
+        flat = np.concatenate([p.ravel() for p in init])
         self.n_iter_ = 0
-        if not seen.any():
-            best = theta0
-        else:
-            watch = bool(self.early_stopping and X_cal is not None and len(X_cal) and (~np.isnan(Y_cal)).any())
-            state = {"best": theta0, "best_loss": np.inf, "it": 0}
-            if watch:
-                Zc = (X_cal - self.mean_) / self.scale_
-                seen_c = ~np.isnan(Y_cal)
-                Mc, Yc = seen_c.astype(np.float64), np.where(seen_c, Y_cal, 0.0)
-                total_c = float(Mc.sum())
-
-                def callback(xk):
-                    state["it"] += 1
-                    S, _ = self._forward(self._unpack(xk, shapes), Zc)
-                    val = float(np.sum(Mc * (np.logaddexp(0.0, S) - Yc * S))) / total_c
-                    if val < state["best_loss"]:
-                        state["best"], state["best_loss"], state["best_it"] = xk.copy(), val, state["it"]
-
+        if total > 0:
             res = minimize(
                 self._loss_grad,
-                theta0,
-                args=(shapes, Z, Yf, M, total),
+                flat,
+                args=(shapes, Z, M * Yf, M * (1.0 - Yf), M, weight, total),
                 jac=True,
                 method="L-BFGS-B",
-                callback=callback if watch else None,
                 options={"maxiter": self.max_iter, "maxcor": 20},
             )
-            best = state["best"] if watch and np.isfinite(state["best_loss"]) else res.x
-            self.n_iter_ = int(state.get("best_it", res.nit)) if watch else int(res.nit)
-        params = self._unpack(best, shapes)
-        # fold the standardisation into the first map and the factor map into the skills
-        first, A, b = params[0], params[-2], params[-1]
-        self.W_ = first / self.scale_[:, None]
-        if self.hidden:
-            self.c_ = params[1] - self.mean_ @ self.W_
-            self.M_ = params[2] @ A.T  # (hidden, m)
-        else:
-            self.M_ = None
-            self.W_ = self.W_ @ A.T  # (d, m): a rank-k logistic regression
-            b = b - self.mean_ @ self.W_
-            self.c_ = None
-        self.skills_ = A  # (m, k) per-model skill vectors
-        self.intercept_ = b
+            flat, self.n_iter_ = res.x, int(res.nit)
+        Wm, c, theta, a, b, d = self._unpack(flat, shapes)
+        # fold the standardisation into the type map
+        self.W_ = Wm / self.scale_[:, None]
+        self.c_ = c - self.mean_ @ self.W_
+        self.type_success_ = self._type_success(theta, a, b, d)  # (K, m)
+        self.theta_, self.skills_, self.strength_, self.discrimination_ = theta, a, b, d
         return self
 
+    def prompt_types(self, X) -> np.ndarray:
+        """(n, n_types): each prompt's predicted distribution over the latent types."""
+        G = np.asarray(X, dtype=np.float64) @ self.W_ + self.c_
+        E = np.exp(G - G.max(axis=1, keepdims=True))
+        return E / E.sum(axis=1, keepdims=True)
+
     def _raw(self, X):
-        if self.M_ is not None:
-            return sigmoid(np.tanh(X @ self.W_ + self.c_) @ self.M_ + self.intercept_)
-        return sigmoid(X @ self.W_ + self.intercept_)
+        return self.prompt_types(X) @ self.type_success_
 
 
 class KNNSuccess:

@@ -39,7 +39,7 @@ from training.metrics import (
 )
 from training.tune import POLICIES, best_model_index, outcome_of, policy_kwargs, sweep_policy
 
-PREDICTORS = ("knn", "logistic", "lightgbm", "ensemble")
+PREDICTORS = ("knn", "logistic", "lightgbm", "irt", "ensemble")
 ENSEMBLE_MEMBERS = ("knn", "logistic", "lightgbm")
 BEST_FIXED = "best_fixed"
 ORACLE = "oracle"
