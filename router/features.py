@@ -188,9 +188,11 @@ class TextFeaturizer:
         if not counts:
             return np.zeros(0, dtype=np.int64), np.zeros(0)
         idx = np.fromiter(map(vocabulary.__getitem__, counts), dtype=np.int64, count=len(counts))
-        tf = np.fromiter(counts.values(), dtype=np.float64, count=len(counts))
-        w = (1.0 + np.log(tf)) * self.idf_[idx]
-        return idx, w / np.linalg.norm(w)
+        w = np.log(np.fromiter(counts.values(), dtype=np.float64, count=len(counts)))
+        w += 1.0
+        w *= self.idf_[idx]  # (1 + log tf) * idf, in place
+        # np.linalg.norm of a vector is sqrt(w.dot(w)); a correctly rounded sqrt either way
+        return idx, w / math.sqrt(w.dot(w))
 
     def _tfidf_matrix(self, texts: Sequence[str]) -> sp.csr_matrix:
         indptr, indices, data = [0], [], []

@@ -102,7 +102,7 @@ class Router:
 
     def _features(self, texts: list[str], tokens: np.ndarray) -> np.ndarray:
         """``features(texts)``; the built-in featurizer reuses the token counts (one tokenizer pass per prompt)."""
-        if isinstance(self.featurizer_, TextFeaturizer):
+        if type(self.featurizer_) is TextFeaturizer:  # a subclass may override transform_one without n_tokens
             return self.featurizer_.transform(texts, n_tokens=tokens.tolist())
         return self.features(texts)
 

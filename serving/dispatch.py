@@ -28,6 +28,14 @@ Every call is appended to the caller's ``attempts`` list, so the store records e
 Request bodies pass through natively when the model speaks the client's
 format; only cross-format requests are translated (:mod:`serving.translate`).
 Responses always name the catalog id of the model that answered.
+
+Providers with ``send_raw`` (the SDK providers, :mod:`models.providers.raw`)
+hand back the upstream's own bytes, parsed once: a same-format answer or
+stream event is forwarded byte for byte unless something in it must change
+(the model name, a usage the client did not ask for), and a stream is read
+and forwarded one network read at a time, the stall timer re-armed lazily
+(:class:`IdleTimer`). Other providers (e.g. injected in tests) go through
+``send`` and event dicts, with the same guarantees.
 """
 
 from __future__ import annotations
