@@ -1,4 +1,4 @@
-"""Where a gateway's CPU goes: py-spy samples of one server under concurrency-50 load.
+"""Where a gateway's CPU goes: py-spy samples of one server under load (concurrency 50 by default).
 
 Not part of ``run_all`` (sampling costs the server a little); a tool for
 working on the gateway goal. Starts the fake upstream and the target exactly
@@ -7,7 +7,7 @@ as ``bench.gateways`` does, warms it up, then records it with py-spy (from
 load generator runs, and writes the functions with the most samples, by own
 time and by inclusive time, to ``bench/results/profile-<target>.txt``.
 
-    python -m bench.profile_server --target thrifty [--seconds 15] [--stream]
+    python -m bench.profile_server --target thrifty [--seconds 15] [--stream] [--concurrency 1]
 """
 
 from __future__ import annotations
@@ -57,6 +57,7 @@ def main(argv=None):
     ap.add_argument("--target", default="thrifty", choices=("thrifty", "passthrough", "litellm", "routellm"))
     ap.add_argument("--seconds", type=float, default=15.0)
     ap.add_argument("--stream", action="store_true")
+    ap.add_argument("--concurrency", type=int, default=50)
     ap.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
     args = ap.parse_args(argv)
     pyspy = PEERS_PY.parent / "py-spy"
@@ -68,18 +69,19 @@ def main(argv=None):
     server = None
     try:
         server, url, model, _ = start_config(args.target, base, pin["server_cpus"])
-        run_loadgen(url, model, 50, args.stream, (2000, 3.0, 200), pin["loadgen_cpus"], prompts)  # warm
+        run_loadgen(url, model, args.concurrency, args.stream, (2000, 3.0, 200), pin["loadgen_cpus"], prompts)  # warm
         raw = WORK / f"profile-{args.target}.raw"
         spy = subprocess.Popen([str(pyspy), "record", "--pid", str(server.pid), "--subprocesses", "--rate", str(args.rate),
                                 "--duration", str(int(args.seconds)), "--format", "raw", "--output", str(raw), "--nonblocking", "--gil"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         time.sleep(1.0)
-        r = run_loadgen(url, model, 50, args.stream, (10**6, args.seconds - 1, 0), pin["loadgen_cpus"], prompts)
+        r = run_loadgen(url, model, args.concurrency, args.stream, (10**6, args.seconds - 1, 0), pin["loadgen_cpus"], prompts)
         spy.wait(args.seconds + 30)
-        report = (f"target {args.target}, concurrency 50, {'stream' if args.stream else 'json'}, "
+        report = (f"target {args.target}, concurrency {args.concurrency}, {'stream' if args.stream else 'json'}, "
                   f"{r['throughput_rps']:.0f} req/s, errors {r['errors']}\n\n" + aggregate(raw))
         RESULTS.mkdir(parents=True, exist_ok=True)
-        out = RESULTS / f"profile-{args.target}{'-stream' if args.stream else ''}.txt"
+        suffix = ("-stream" if args.stream else "") + (f"-c{args.concurrency}" if args.concurrency != 50 else "")
+        out = RESULTS / f"profile-{args.target}{suffix}.txt"
         out.write_text(report + "\n")
         log(f"wrote {out.relative_to(ROOT)}")
         print(report[:6000])
