@@ -68,6 +68,10 @@ log = logging.getLogger("thrifty.serving")
 
 Body = dict[str, Any]
 MIN_ATTEMPT_S = 0.5  # a Retry-After is waited for only if at least this much time is left after it
+# No call starts with less time left than this: no model answers that fast, and an attempt's
+# timer may fire a millisecond before the deadline (the loop rounds timers), which would
+# otherwise leave a sliver of time for one more call that can only time out.
+MIN_CALL_S = 0.05
 
 
 @dataclass
@@ -317,7 +321,7 @@ class Dispatcher:
         skipped: list[str] = []
         last: UpstreamError | None = None
         calls = 0
-        while calls < self.max_attempts and deadline.remaining() > 0:
+        while calls < self.max_attempts and deadline.remaining() > MIN_CALL_S:
             model = self._next_model(pending, spare, done, context)
             if model is None:
                 break
@@ -422,7 +426,7 @@ class Dispatcher:
             )
             error.headers = {"retry-after": str(max(1, round(wait)))}
             return error
-        if deadline.remaining() <= 0:
+        if deadline.remaining() <= MIN_CALL_S:
             return GatewayTimeout(f"no answer within the request deadline of {deadline.seconds:g}s")
         return BadGateway("no upstream could be called for this request (check the upstream keys)")
 
