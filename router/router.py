@@ -134,9 +134,40 @@ class Router:
         and ``max_cost`` (USD per request) narrow what is acceptable. If nothing
         meets them, the policy's choice among the allowed models is returned with
         ``fallback=True``."""
+        scores = self.score([text], prices, allowed)
+        return self.decide(scores, 0, policy, min_quality=min_quality, max_cost=max_cost, version=version)
+
+    def decide(
+        self,
+        scores: Scores,
+        row: int,
+        policy=None,
+        *,
+        allowed: Sequence[str] | None = None,
+        min_quality: float | None = None,
+        max_cost: float | None = None,
+        version: str | None = None,
+    ) -> Decision:
+        """The decision for prompt ``row`` of ``scores`` (``route()`` is ``score`` then this).
+
+        A server scores the prompts that arrive together in one ``score`` call and
+        decides each here; ``allowed`` then narrows the scored models, exactly as
+        ``route(..., allowed=...)`` would have (same candidates, same order).
+        """
         policy = policy or self.policy_
-        s = self.score([text], prices, allowed)
-        p, cost = s.p[0], s.cost[0]
+        if allowed is None:
+            models = scores.models
+            p, cost, out = scores.p[row], scores.cost[row], scores.output_tokens[row]
+        else:
+            unknown = [m for m in allowed if m not in self.models_]
+            if unknown:
+                raise RoutingError(f"model(s) {unknown} are not known to this router; it knows {self.models_}")
+            position = {m: k for k, m in enumerate(scores.models)}
+            cols = [position[m] for m in allowed if m in position]
+            if not cols:
+                raise RoutingError("no candidate model: none of the requested models has a price")
+            models = [scores.models[k] for k in cols]
+            p, cost, out = scores.p[row, cols], scores.cost[row, cols], scores.output_tokens[row, cols]
         mask = np.ones_like(p, dtype=bool)
         if min_quality is not None:
             mask &= p >= min_quality
@@ -145,20 +176,19 @@ class Router:
         fallback = False
         if not mask.any():
             mask, fallback = np.ones_like(p, dtype=bool), True
-        idx, fb = policy.choose(p[None], cost[None], mask[None], s.models)
+        idx, fb = policy.choose(p[None], cost[None], mask[None], models)
         chosen = int(idx[0])
         acceptable = policy.acceptable(p, cost, mask)
         order = policy.rank(p, cost, mask)
         order = [chosen] + [j for j in order if j != chosen]
         # Python floats and bools once (exactly the values float()/bool() of each element give)
-        p_, cost_, out_, ok_ = p.tolist(), cost.tolist(), s.output_tokens[0].tolist(), acceptable.tolist()
-        input_tokens = float(s.input_tokens[0])
-        models = s.models
+        p_, cost_, out_, ok_ = p.tolist(), cost.tolist(), out.tolist(), acceptable.tolist()
+        input_tokens = float(scores.input_tokens[row])
         candidates = tuple(
             Candidate(models[j], p_[j], input_tokens, out_[j], cost_[j], ok_[j]) for j in order
         )
         return Decision(
-            model=s.models[chosen],
+            model=models[chosen],
             candidates=candidates,
             policy=policy.name,
             knob=float(policy.knob),

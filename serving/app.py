@@ -263,7 +263,7 @@ async def route_only(services: Services, request: Request, client: str, body: di
     if parsed.prompt is None and not parsed.messages:
         raise InvalidRequest("give either 'prompt' or a non-empty 'messages'", param="messages")
     text = routing_text({k: v for k, v in body.items() if k != "thrifty"})
-    decision = completion.decide(services, parsed.model, text, constraints)
+    decision = await completion.decide(services, parsed.model, text, constraints)
     decision_id = completion.new_decision_id()
     record = completion.new_record(
         services, decision_id=decision_id, endpoint=request.url.path, client=client, requested=parsed.model,

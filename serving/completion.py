@@ -154,9 +154,9 @@ def new_record(
     )
 
 
-def decide(services: Services, requested: str, text: str, constraints: Constraints) -> Decision:
+async def decide(services: Services, requested: str, text: str, constraints: Constraints) -> Decision:
     started = time.perf_counter()
-    decision = services.routing.decide(requested, text, constraints)
+    decision = await services.decisions.decide(requested, text, constraints)
     metrics = services.metrics
     metrics.routing_latency.observe(time.perf_counter() - started)
     metrics.child(metrics.decisions, decision.extra.get("profile", requested), decision.model).inc()
@@ -172,7 +172,7 @@ async def handle_completion(
     body = {k: v for k, v in body.items() if k != "thrifty"}
     requested, stream = body["model"], bool(body.get("stream"))
     text = routing_text(body)
-    decision = decide(services, requested, text, constraints)
+    decision = await decide(services, requested, text, constraints)
     decision_id = new_decision_id()
     record = new_record(
         services, decision_id=decision_id, endpoint=endpoint, client=client, requested=requested, text=text,

@@ -15,6 +15,7 @@ from models.catalog import Catalog, load_catalog
 from models.providers import MissingUpstreamKey, ProviderPool, UpstreamSettings
 from router.profiles import Profile, load_profiles
 from router.router import Router
+from serving.batching import DecisionBatcher
 from serving.config import ServingConfig
 from serving.budgets import Budgets
 from serving.dispatch import Dispatcher
@@ -33,6 +34,7 @@ class Services:
     catalog: Catalog
     routers: RouterHolder
     routing: Routing
+    decisions: DecisionBatcher
     pool: ProviderPool
     dispatcher: Dispatcher
     store: OutcomeStore
@@ -125,18 +127,20 @@ def build_services(
         metrics.breaker_open.labels(model).set(0 if state == "closed" else 1)
         (log.info if state == "closed" else log.warning)("circuit breaker of model %s: %s", model, state)
 
+    routing = Routing(
+        holder,
+        catalog,
+        profiles,
+        default_profile=config.default_profile,
+        explore_epsilon=config.explore_epsilon,
+        rng=random.Random(config.explore_seed),
+    )
     return Services(
         config=config,
         catalog=catalog,
         routers=holder,
-        routing=Routing(
-            holder,
-            catalog,
-            profiles,
-            default_profile=config.default_profile,
-            explore_epsilon=config.explore_epsilon,
-            rng=random.Random(config.explore_seed),
-        ),
+        routing=routing,
+        decisions=DecisionBatcher(routing.decide_many, observe_batch=metrics.decision_batch.observe),
         watcher=RegistryWatcher(holder, config.reload_interval_s),
         pool=pool,
         dispatcher=Dispatcher(
