@@ -4,9 +4,8 @@ The SDKs' typed ``create`` methods walk every request through their
 TypedDict transforms and build a pydantic model of every response and
 stream chunk; in a gateway that forwards bodies already in the provider's
 wire format, that costs more CPU than the rest of a request together.
-``send_raw`` (on :class:`~models.providers.openai_provider.OpenAIProvider`
-and :class:`~models.providers.anthropic_provider.AnthropicProvider`) still
-calls through the official SDK client, with its low-level ``post`` and
+``send_raw`` (on :class:`~models.providers.sdk.SDKProvider`, the base of
+both SDK providers) still calls through the official SDK client, with its low-level ``post`` and
 ``cast_to=httpx2.Response`` (the SDKs' documented way to call an endpoint
 without their typed layer): base URL, auth headers, timeouts, retries and
 the mapping of HTTP errors to the SDK's exceptions are the SDK's. What comes
