@@ -385,15 +385,16 @@ def test_passthrough_forwards_the_upstream_bytes_unchanged(fake, fake_server):
 
 
 def test_warm_up_loads_the_tokenizer_and_the_sdk_clients(fake_server, router_path, tmp_path):
-    from models.tokens import get_encoding
+    from models.tokens import _counter, get_encoding
     from serving.app import create_app
     from tests.fakes.server import serve_in_thread
     from tests.serving_fixtures import make_config
 
     get_encoding.cache_clear()
+    _counter.cache_clear()
     app = create_app(make_config(tmp_path, fake_server[1], router_path))
     with serve_in_thread(app):
-        assert get_encoding.cache_info().currsize >= 1
+        assert get_encoding.cache_info().currsize >= 1 and _counter.cache_info().currsize >= 1
         assert len(app.state.services.pool._clients) >= 2  # one OpenAI and one Anthropic client, built at startup
 
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 
 import anthropic
+import httpx
 import openai
 import pytest
 
 from tests.serving_fixtures import (  # noqa: F401  (fixtures)
     ANTHROPIC_UPSTREAM_KEY,
+    CLIENT_KEY,
     EASY,
     HARD,
     OPENAI_UPSTREAM_KEY,
@@ -19,6 +21,7 @@ from tests.serving_fixtures import (  # noqa: F401  (fixtures)
     fake,
     fake_server,
     http,
+    make_config,
     openai_client,
     router_path,
     sse_events,
@@ -273,6 +276,21 @@ def test_route_decides_without_calling_upstream(payload, fake, thrifty, http):
     assert stored(thrifty, decision["decision_id"])["status"] == "routed"
     narrowed = http.post("/v1/route", json=payload, headers={"x-thrifty-allowed-models": "oai-mini"}).json()
     assert narrowed["model"] == "oai-mini" and narrowed["fallback"] is True
+
+
+def test_a_prompt_of_over_a_million_characters_is_routed(fake, fake_server, router_path, tmp_path):
+    """Longer than the tokenizer wrapper's encoder accepts: still counted, priced and routed (it was a 500)."""
+    from serving.app import create_app
+    from tests.fakes.server import serve_in_thread
+
+    prompt = "prove that there are infinitely many primes. " * 25_000  # 1.1 million characters
+    app = create_app(make_config(tmp_path, fake_server[1], router_path))  # the default 8 MB body limit
+    with serve_in_thread(app) as server:
+        response = httpx.post(f"{server.url}/v1/route", json={"prompt": prompt}, timeout=60,
+                              headers={"authorization": f"Bearer {CLIENT_KEY}"})
+    assert response.status_code == 200, response.text[:300]
+    assert response.json()["candidates"][0]["expected_input_tokens"] > 200_000
+    assert fake.count() == 0
 
 
 def test_feedback_attaches_to_a_decision(fake, thrifty, http, openai_client):
