@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import re
 import subprocess
 import sys
 import time
@@ -23,7 +24,7 @@ from bench.gateways import prompts_file, run_loadgen, start_config, start_upstre
 
 
 def aggregate(raw_path, top: int = 40) -> str:
-    own, incl = collections.Counter(), collections.Counter()
+    own, incl, incl_fn = collections.Counter(), collections.Counter(), collections.Counter()
     total = 0
     for line in raw_path.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
@@ -35,6 +36,8 @@ def aggregate(raw_path, top: int = 40) -> str:
         own[frames[-1]] += n
         for f in set(frames):
             incl[f] += n
+        for f in {re.sub(r":\d+\)$", ")", f) for f in frames}:  # the function, whichever of its lines
+            incl_fn[f] += n
     if not total:
         return "no samples"
 
@@ -49,7 +52,8 @@ def aggregate(raw_path, top: int = 40) -> str:
         return "\n".join(lines)
 
     return (block("own time by package (first path component of the file)", by_package, 25) + "\n\n"
-            + block("own time", own) + "\n\n" + block("inclusive time", incl))
+            + block("own time", own) + "\n\n" + block("inclusive time by function", incl_fn)
+            + "\n\n" + block("inclusive time by line", incl))
 
 
 def main(argv=None):
