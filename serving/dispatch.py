@@ -43,6 +43,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Sequence
 
@@ -606,6 +607,26 @@ async def _raw_dicts(head: list[SSEEvent], raw: RawStream, watcher: StreamWatche
         await raw.aclose()
 
 
+async def _batches(head: list[SSEEvent], raw: RawStream, watcher: StreamWatcher, idle: IdleTimer) -> AsyncIterator[list[SSEEvent]]:
+    """The events read ahead, then the events of each network read (watched), until the upstream ends.
+
+    Closing it (``contextlib.aclosing`` in the callers: a passthrough may stop early)
+    stops the idle timer and closes the upstream response.
+    """
+    try:
+        events = head
+        while True:
+            yield events
+            events = await idle.wait(raw.batch())
+            if not events:
+                return
+            for event in events:
+                watcher.observe(event.data)
+    finally:
+        idle.stop()
+        await raw.aclose()
+
+
 async def _openai_passthrough(head: list[SSEEvent], raw: RawStream, watcher: StreamWatcher, idle: IdleTimer,
                               model: str, include_usage: bool) -> AsyncIterator[tuple[bytes, bool]]:
     """An OpenAI stream to an OpenAI client: what ``_openai_native_stream`` does to each chunk, on bytes.
@@ -615,9 +636,8 @@ async def _openai_passthrough(head: list[SSEEvent], raw: RawStream, watcher: Str
     the events of one network read go out in one write. The last part is
     marked final once the upstream ended complete (``[DONE]`` follows it).
     """
-    try:
-        events = head
-        while True:
+    async with aclosing(_batches(head, raw, watcher, idle)) as batches:
+        async for events in batches:
             parts = []
             for event in events:
                 chunk = event.data
@@ -640,16 +660,8 @@ async def _openai_passthrough(head: list[SSEEvent], raw: RawStream, watcher: Str
                 _check_complete(watcher, model)
             if payload:
                 yield payload, False
-            events = await idle.wait(raw.batch())
-            if not events:
-                _check_complete(watcher, model)
-                yield b"", True
-                return
-            for event in events:
-                watcher.observe(event.data)
-    finally:
-        idle.stop()
-        await raw.aclose()
+        _check_complete(watcher, model)
+        yield b"", True
 
 
 async def _anthropic_passthrough(head: list[SSEEvent], raw: RawStream, watcher: StreamWatcher, idle: IdleTimer,
@@ -660,9 +672,8 @@ async def _anthropic_passthrough(head: list[SSEEvent], raw: RawStream, watcher: 
     another model (or its SSE name is not its type); the part holding
     ``message_stop`` is marked final.
     """
-    try:
-        events = head
-        while True:
+    async with aclosing(_batches(head, raw, watcher, idle)) as batches:
+        async for events in batches:
             parts = []
             final = False
             for event in events:
@@ -680,15 +691,7 @@ async def _anthropic_passthrough(head: list[SSEEvent], raw: RawStream, watcher: 
                     final = True
             if parts:
                 yield b"".join(parts), final
-            events = await idle.wait(raw.batch())
-            if not events:
-                _check_complete(watcher, model)
-                return
-            for event in events:
-                watcher.observe(event.data)
-    finally:
-        idle.stop()
-        await raw.aclose()
+        _check_complete(watcher, model)
 
 
 async def _replay(head: list[Body], rest: AsyncIterator[Body] | None) -> AsyncIterator[Body]:
