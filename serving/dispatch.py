@@ -591,27 +591,19 @@ def _check_complete(watcher: StreamWatcher, model: str) -> None:
 
 async def _raw_dicts(head: list[SSEEvent], raw: RawStream, watcher: StreamWatcher, idle: IdleTimer) -> AsyncIterator[Body]:
     """The event dicts of a raw stream (for translation), watched; the events read ahead first."""
-    try:
-        for event in head:
-            yield event.data
-        while True:
-            events = await idle.wait(raw.batch())
-            if not events:
-                break
+    async with aclosing(_batches(head, raw, watcher, idle)) as batches:
+        async for events in batches:
             for event in events:
-                watcher.observe(event.data)
                 yield event.data
-        _check_complete(watcher, raw.model)
-    finally:
-        idle.stop()
-        await raw.aclose()
+    _check_complete(watcher, raw.model)
 
 
 async def _batches(head: list[SSEEvent], raw: RawStream, watcher: StreamWatcher, idle: IdleTimer) -> AsyncIterator[list[SSEEvent]]:
     """The events read ahead, then the events of each network read (watched), until the upstream ends.
 
-    Closing it (``contextlib.aclosing`` in the callers: a passthrough may stop early)
-    stops the idle timer and closes the upstream response.
+    Closing it (``contextlib.aclosing`` in the callers: their consumer may stop early)
+    stops the idle timer and closes the upstream response. The events of one read
+    are all watched before the first of them is handed on, as every stream path does.
     """
     try:
         events = head
