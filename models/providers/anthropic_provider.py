@@ -30,17 +30,11 @@ class AnthropicProvider(SDKProvider):
     path = PATH
     sdk = anthropic
     base_error = anthropic.AnthropicError
+    map_error = staticmethod(map_anthropic_error)
     event_parser = staticmethod(anthropic_event)
     # An explicit timeout also skips the SDK's "use streaming for long requests" guard,
     # which would refuse a large max_tokens before any call is made.
     default_timeout = 600.0
 
-    def __init__(self, client: anthropic.AsyncAnthropic, *, timeout: float | None = None):
-        super().__init__(client, timeout=timeout)
-
     def typed_method(self):
         return self.client.messages.create
-
-    @classmethod
-    def map_error(cls, exc: Exception, model: str) -> UpstreamError:
-        return map_anthropic_error(exc, model)

@@ -29,14 +29,8 @@ class OpenAIProvider(SDKProvider):
     path = PATH
     sdk = openai
     base_error = openai.OpenAIError
+    map_error = staticmethod(map_openai_error)
     event_parser = staticmethod(openai_event)
-
-    def __init__(self, client: openai.AsyncOpenAI, *, timeout: float | None = None):
-        super().__init__(client, timeout=timeout)
 
     def typed_method(self):
         return self.client.chat.completions.create
-
-    @classmethod
-    def map_error(cls, exc: Exception, model: str) -> UpstreamError:
-        return map_openai_error(exc, model)

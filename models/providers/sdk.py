@@ -50,8 +50,8 @@ class SDKProvider:
         """The SDK's typed method for this endpoint (``client.chat.completions.create``, ...)."""
         raise NotImplementedError
 
-    @classmethod
-    def map_error(cls, exc: Exception, model: str) -> UpstreamError:
+    @staticmethod
+    def map_error(exc: Exception, model: str) -> UpstreamError:
         raise NotImplementedError
 
     @staticmethod
