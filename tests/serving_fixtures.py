@@ -167,19 +167,29 @@ def thrifty(fake_server, router_path, tmp_path_factory) -> Thrifty:
     server.stop()
 
 
-@pytest.fixture
-def openai_client(thrifty):
+def openai_sdk(url: str):
+    """The OpenAI SDK pointed at a thrifty server at ``url`` (no SDK retries: the tests count calls)."""
     import openai
 
-    with openai.OpenAI(base_url=f"{thrifty.url}/v1", api_key=CLIENT_KEY, max_retries=0, timeout=20) as client:
+    return openai.OpenAI(base_url=f"{url}/v1", api_key=CLIENT_KEY, max_retries=0, timeout=20)
+
+
+def anthropic_sdk(url: str):
+    """The Anthropic SDK pointed at a thrifty server at ``url`` (no SDK retries)."""
+    import anthropic
+
+    return anthropic.Anthropic(base_url=url, api_key=CLIENT_KEY, max_retries=0, timeout=20)
+
+
+@pytest.fixture
+def openai_client(thrifty):
+    with openai_sdk(thrifty.url) as client:
         yield client
 
 
 @pytest.fixture
 def anthropic_client(thrifty):
-    import anthropic
-
-    with anthropic.Anthropic(base_url=thrifty.url, api_key=CLIENT_KEY, max_retries=0, timeout=20) as client:
+    with anthropic_sdk(thrifty.url) as client:
         yield client
 
 

@@ -65,6 +65,15 @@ def slow_upstreams(fake) -> None:
         fake.configure(upstream, delay_before_headers=0.1, delay_per_chunk=0.1)
 
 
+def signal_under_load(server, sig) -> tuple[list, threading.Thread]:
+    """300 requests at concurrency 10 against ``server``, and ``sig`` sent to it once 20 have finished."""
+    results: list = []
+    thread = load_in_background(server.url, results, requests=300, concurrency=10, stop_after_error=True)
+    wait_for(lambda: len(results) >= 20, timeout=30)
+    server.proc.send_signal(sig)
+    return results, thread
+
+
 def test_5xx_storm_every_response_has_its_record(fake, start, tmp_path):
     for upstream in UPSTREAM.values():
         fake.configure(upstream, status=500, fail_rate=0.35)
@@ -88,11 +97,8 @@ def test_5xx_storm_every_response_has_its_record(fake, start, tmp_path):
 
 def test_sigterm_drains_in_flight_requests_and_keeps_every_record(fake, start, tmp_path):
     slow_upstreams(fake)
-    results: list = []
     with start() as server:
-        thread = load_in_background(server.url, results, requests=300, concurrency=10, stop_after_error=True)
-        wait_for(lambda: len(results) >= 20, timeout=30)
-        server.proc.send_signal(signal.SIGTERM)
+        results, thread = signal_under_load(server, signal.SIGTERM)
         code = server.proc.wait(timeout=30)
         thread.join(timeout=60)
         log = server.log()
@@ -113,11 +119,8 @@ def test_sigterm_drains_in_flight_requests_and_keeps_every_record(fake, start, t
 
 def test_kill_9_keeps_the_record_of_every_answered_request(fake, start, tmp_path):
     slow_upstreams(fake)
-    results: list = []
     with start() as server:
-        thread = load_in_background(server.url, results, requests=300, concurrency=10, stop_after_error=True)
-        wait_for(lambda: len(results) >= 20, timeout=30)
-        server.proc.send_signal(signal.SIGKILL)
+        results, thread = signal_under_load(server, signal.SIGKILL)
         server.proc.wait(timeout=30)
         thread.join(timeout=60)
     assert not thread.is_alive()

@@ -25,9 +25,11 @@ from tests.serving_fixtures import (  # noqa: F401  (fixtures)
     EASY,
     HARD,
     UPSTREAM,
+    anthropic_sdk,
     fake,
     fake_server,
     make_config,
+    openai_sdk,
     router_path,
     sse_events,
 )
@@ -69,13 +71,13 @@ def svc(rthrifty, fake):
 
 @pytest.fixture
 def oc(rthrifty):
-    with openai.OpenAI(base_url=f"{rthrifty[0]}/v1", api_key=CLIENT_KEY, max_retries=0, timeout=20) as client:
+    with openai_sdk(rthrifty[0]) as client:
         yield client
 
 
 @pytest.fixture
 def ac(rthrifty):
-    with anthropic.Anthropic(base_url=rthrifty[0], api_key=CLIENT_KEY, max_retries=0, timeout=20) as client:
+    with anthropic_sdk(rthrifty[0]) as client:
         yield client
 
 
