@@ -60,3 +60,19 @@ def prices_csv(path) -> str:
     lines += [f"{m},together,{pin},{pout},synthetic" for m, (pin, pout) in PRICES.items()]
     path.write_text("\n".join(lines) + "\n")
     return str(path)
+
+
+def price_table():
+    """``PRICES`` as the price table routers take."""
+    from models.prices import Price, PriceTable
+
+    return PriceTable({m: Price(*p) for m, p in PRICES.items()})
+
+
+def synthetic_router(kind: str, matrix, *, n_estimators: int):
+    """A small router fitted on ``matrix`` (an OutcomeMatrix of synthetic logs): ``kind`` logistic or lightgbm, threshold 0.6."""
+    from router import LightGBMSuccess, LogisticSuccess, Router, TextFeaturizer, Threshold
+
+    success = LogisticSuccess() if kind == "logistic" else LightGBMSuccess(min_child_samples=5, n_estimators=n_estimators)
+    router = Router(featurizer=TextFeaturizer(n_components=16), success=success, policy=Threshold(0.6))
+    return router.fit(matrix.texts, matrix.success, matrix.output_tokens, matrix.models, price_table())

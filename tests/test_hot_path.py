@@ -26,18 +26,17 @@ import pandas as pd
 import pytest
 
 from models.catalog import Catalog, ModelSpec
-from models.prices import Price, PriceTable
 from models.providers import ProviderPool, UpstreamSettings, UpstreamTimeout
 from models.providers.raw import SSEParser
 from models.tokens import count_tokens
-from router import LightGBMSuccess, LogisticSuccess, Router, TextFeaturizer, Threshold, Tradeoff
+from router import TextFeaturizer, Threshold, Tradeoff
 from router import features as F
 from router.decision import Candidate, Decision
 from tests.serving_fixtures import ANTHROPIC_UPSTREAM_KEY, OPENAI_UPSTREAM_KEY, fake, fake_server, router_path  # noqa: F401
-from tests.synthetic import PRICES, synthetic_logs
+from tests.synthetic import price_table, synthetic_logs, synthetic_router
 from training.dataset import OutcomeMatrix
 
-TABLE = PriceTable({m: Price(*p) for m, p in PRICES.items()})
+TABLE = price_table()
 
 EDGE_TEXTS = [
     "",
@@ -164,9 +163,7 @@ def matrix():
 
 @pytest.fixture(scope="module", params=["logistic", "lightgbm"])
 def router(request, matrix):
-    success = LogisticSuccess() if request.param == "logistic" else LightGBMSuccess(min_child_samples=5, n_estimators=150)
-    r = Router(featurizer=TextFeaturizer(n_components=16), success=success, policy=Threshold(0.6))
-    return r.fit(matrix.texts, matrix.success, matrix.output_tokens, matrix.models, TABLE)
+    return synthetic_router(request.param, matrix, n_estimators=150)
 
 
 def _corpus(matrix, real_prompts):

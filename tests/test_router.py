@@ -9,7 +9,6 @@ from models.prices import Price, PriceTable
 from router import (
     LightGBMSuccess,
     LogisticSuccess,
-    Router,
     RoutingError,
     TextFeaturizer,
     Threshold,
@@ -18,10 +17,10 @@ from router import (
 )
 from router.calibration import ColumnCalibrator
 from router.persist import load_router, save_router
-from tests.synthetic import PRICES, synthetic_logs
+from tests.synthetic import price_table, synthetic_logs, synthetic_router
 from training.dataset import OutcomeMatrix
 
-TABLE = PriceTable({m: Price(*p) for m, p in PRICES.items()})
+TABLE = price_table()
 
 
 @pytest.fixture(scope="module")
@@ -31,9 +30,7 @@ def matrix():
 
 @pytest.fixture(scope="module", params=["logistic", "lightgbm"])
 def router(request, matrix):
-    success = LogisticSuccess() if request.param == "logistic" else LightGBMSuccess(min_child_samples=5, n_estimators=200)
-    r = Router(featurizer=TextFeaturizer(n_components=16), success=success, policy=Threshold(0.6))
-    return r.fit(matrix.texts, matrix.success, matrix.output_tokens, matrix.models, TABLE)
+    return synthetic_router(request.param, matrix, n_estimators=200)
 
 
 def test_featurizer_is_deterministic_and_batch_equals_single(matrix):
