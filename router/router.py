@@ -8,6 +8,7 @@ catalog in force), and a price is never parsed out of a model name.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -77,6 +78,30 @@ class Router:
         self.models_ = list(models)
         self.prices_ = PriceTable({m: prices[m] for m in models})
         return self
+
+    # -- fitted variants -----------------------------------------------
+    def with_policy(self, policy, **learned) -> "Router":
+        """This fitted router with another default policy; ``self`` is left unchanged.
+
+        ``learned``: learned state that comes with the policy (names ending in
+        ``_``), e.g. ``selection_`` — how the policy was chosen.
+        """
+        not_learned = [k for k in learned if not k.endswith("_") or k.startswith("_")]
+        if not_learned:
+            raise ValueError(f"learned state is named with a trailing underscore; got {not_learned}")
+        other = copy.copy(self)
+        other.policy = other.policy_ = policy
+        for name, value in learned.items():
+            setattr(other, name, value)
+        return other
+
+    def with_success(self, success) -> "Router":
+        """This fitted router with another success predictor, fitted on the same features and models."""
+        if list(getattr(success, "models_", ())) != self.models_:
+            raise ValueError(f"the success predictor was fitted on {getattr(success, 'models_', None)}, this router on {self.models_}")
+        other = copy.copy(self)
+        other.success = other.success_ = success
+        return other
 
     # -- scoring -------------------------------------------------------
     def features(self, texts: Sequence[str]) -> np.ndarray:

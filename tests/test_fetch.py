@@ -105,8 +105,13 @@ def test_no_token_no_authorization(file_server, tmp_path, monkeypatch):
     assert file_server.requests[0]["authorization"] is None
 
 
-def test_progress_bar_shows_bytes(file_server, tmp_path, capsys):
+def test_progress_bar_shows_bytes_on_a_terminal_only(file_server, tmp_path, capsys, monkeypatch):
+    from training import progress
+
     file_server.files["/data.bin"] = BODY
+    download(file_server.url("/data.bin"), tmp_path / "plain.bin", progress=True)
+    assert "plain.bin" not in capsys.readouterr().err  # stderr is not a terminal here: no bar
+    monkeypatch.setattr(progress, "on_terminal", lambda: True)
     download(file_server.url("/data.bin"), tmp_path / "data.bin", progress=True)
     assert "data.bin" in capsys.readouterr().err
 

@@ -155,8 +155,13 @@ def test_identical_duplicate_rows_are_dropped(tmp_path):
     assert len(frame) == 6
 
 
-def test_progress_bar_over_files(tmp_path, capsys):
+def test_progress_bar_over_files_on_a_terminal_only(tmp_path, capsys, monkeypatch):
+    from training import progress
+
     paths = [write_log(small_log(), tmp_path / f"f{i}.csv") for i in range(2)]
+    read_logs(paths, PRICES, progress=True)
+    assert "2/2" not in capsys.readouterr().err  # stderr is not a terminal here
+    monkeypatch.setattr(progress, "on_terminal", lambda: True)
     read_logs(paths, PRICES, progress=True)
     assert "2/2" in capsys.readouterr().err
 

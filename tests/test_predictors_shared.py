@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from router.predictors import SUCCESS_PREDICTORS, IRTSuccess, LogisticSuccess
-from training.fit import PREDICTORS, make_success_predictor
+from router.predictors import IRTSuccess, LogisticSuccess, UnknownPredictorError, get_predictor, make_success_predictor, predictor_names
 
 
 def planted(n: int = 1200, m: int = 16, d: int = 12, seed: int = 0):
@@ -40,15 +39,32 @@ def mean_auc(P_hat: np.ndarray, Y: np.ndarray) -> float:
     return float(np.mean([roc_auc_score(Y[:, j], P_hat[:, j]) for j in range(Y.shape[1])]))
 
 
-def test_registered_everywhere():
-    from training.replay import ENSEMBLE_MEMBERS
-    from training.replay import PREDICTORS as REPLAYED
-
-    assert SUCCESS_PREDICTORS["irt"] is IRTSuccess
-    assert "irt" in PREDICTORS and "irt" in REPLAYED
-    assert "irt" not in ENSEMBLE_MEMBERS  # out-of-fold results did not justify it (training/fit.py)
+def test_one_registry_names_every_predictor():
+    assert predictor_names() == ["knn", "logistic", "lightgbm", "irt", "ensemble"]
+    assert "irt" not in get_predictor("ensemble").members  # out-of-fold results did not justify it (router/predictors.py)
+    assert not get_predictor("irt").replayed and get_predictor("ensemble").replayed
     est = make_success_predictor("irt", seed=3)
     assert isinstance(est, IRTSuccess) and est.random_state == 3
+    ens = make_success_predictor("ensemble", seed=4)
+    assert [type(m).__name__ for m in ens.members] == ["KNNSuccess", "LogisticSuccess", "LightGBMSuccess"]
+    with pytest.raises(UnknownPredictorError, match="unknown predictor 'forest'; choose from knn, logistic, lightgbm, irt, ensemble"):
+        get_predictor("forest")
+
+
+def test_every_cli_predictor_choice_reads_the_registry():
+    """train, retrain and tune offer exactly the registered predictors; replay accepts any of them (irt too)."""
+    import click
+
+    from training import cli
+
+    for command in (cli.train, cli.retrain, cli.tune):
+        option = next(p for p in command.params if p.name == "predictor")
+        assert isinstance(option.type, click.Choice) and list(option.type.choices) == predictor_names(), command.name
+    option = next(p for p in cli.replay.params if p.name == "predictors")
+    assert option.default == "knn,logistic,lightgbm,ensemble"
+    with pytest.raises(click.BadParameter, match="unknown predictor 'forest'"):
+        option.process_value(click.Context(cli.replay), "knn,forest")
+    assert option.process_value(click.Context(cli.replay), "irt, knn") == ["irt", "knn"]
 
 
 def test_recovers_planted_structure_better_than_per_model_logistic_on_sparse_logs():

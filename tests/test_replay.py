@@ -10,8 +10,8 @@ import pytest
 from click.testing import CliRunner
 
 from tests.synthetic import prices_csv, synthetic_logs
-from training.replay import BEST_FIXED, ORACLE, RANDOM, TASK_PRIOR, complete_matrix, run_replay, write_outputs
-from training.dataset import OutcomeMatrix
+from training.dataset import OutcomeMatrix, complete_matrix
+from training.replay import BEST_FIXED, ORACLE, RANDOM, TASK_PRIOR, run_replay, write_outputs
 from models.prices import PriceTable
 
 
@@ -128,7 +128,7 @@ def test_replay_cli_writes_outputs_and_logs_to_mlflow(tmp_path, thrifty_home):
     import mlflow
 
     from models.settings import get_settings
-    from training.replay_cli import replay
+    from training.cli import replay
 
     logs = tmp_path / "logs.parquet"
     synthetic_logs(150, seed=3).to_parquet(logs)
@@ -154,7 +154,7 @@ def test_replay_cli_with_a_saved_router(tmp_path, thrifty_home):
     pytest.importorskip("training.logs")
     from router.persist import save_router
     from training.fit import fit_router
-    from training.replay_cli import replay
+    from training.cli import replay
 
     frame = synthetic_logs(120, seed=4)
     matrix = OutcomeMatrix.from_frame(frame)
@@ -172,7 +172,7 @@ def test_replay_cli_with_a_saved_router(tmp_path, thrifty_home):
 
 def test_replay_cli_rejects_a_missing_task(tmp_path, thrifty_home):
     pytest.importorskip("training.logs")
-    from training.replay_cli import replay
+    from training.cli import replay
 
     logs = tmp_path / "logs.parquet"
     synthetic_logs(60, seed=6).to_parquet(logs)

@@ -1,19 +1,17 @@
-"""``thrifty tune`` and the training-time choice of the served router's default knob."""
+"""``thrifty tune``: targets, the choice of a setting on a validation split, the saved profile."""
 
 from __future__ import annotations
 
 import json
 
-import numpy as np
-import pandas as pd
 import pytest
 from click.testing import CliRunner
 
 from models.prices import PriceTable
-from router.policy import Threshold, Tradeoff
 from tests.synthetic import prices_csv, synthetic_logs
 from training.dataset import OutcomeMatrix
-from training.tune import FALLBACK_KNOB, Target, TargetError, choose_setting, fit_served_router, select_policy
+from training.targets import Target, TargetError
+from training.tune import choose_setting
 
 PRICES = PriceTable.from_dict({"small": [0.1, 0.4], "medium": [1, 4], "large": [10, 40]})
 
@@ -23,6 +21,12 @@ def test_target_parsing():
     assert Target.parse("95%").relative == pytest.approx(0.95)
     assert Target.parse(max_cost=0.01).cost_cap == 0.01
     assert Target.parse(budget=100, requests=50_000).cost_cap == pytest.approx(0.002)
+    assert Target.parse("0.98", relative=True).relative == pytest.approx(0.98)
+    assert Target.parse("95%", relative=True).relative == pytest.approx(0.95)
+    with pytest.raises(ValueError, match="--relative applies to --target-quality"):
+        Target.parse(max_cost=0.01, relative=True)
+    with pytest.raises(ValueError, match="or add --relative"):
+        Target.parse("2")
     for bad in ({"target_quality": "1.5"}, {"target_quality": "x"}, {"budget": 10}, {}, {"target_quality": "0.8", "max_cost": 1.0}):
         with pytest.raises(ValueError):
             Target.parse(**bad)
@@ -44,43 +48,6 @@ def test_choose_setting_meets_the_target_or_says_why_not():
         choose_setting(points, Target(max_cost=0.5), 0.8)
 
 
-def test_selection_falls_back_to_the_best_model_when_predictions_carry_no_signal():
-    rng = np.random.default_rng(0)
-    n = 400
-    success = (rng.random((n, 3)) < [0.5, 0.6, 0.8]).astype(float)
-    cost = np.tile([1.0, 2.0, 10.0], (n, 1))
-    p = rng.random((n, 3))  # predictions unrelated to the outcomes
-    sel = select_policy(p, cost, success, cost, ["a", "b", "c"])
-    assert sel.fallback == "c" and sel.knob == FALLBACK_KNOB
-    policy = sel.make_policy()
-    assert isinstance(policy, Threshold) and policy.fallback == "c"
-    assert (policy.choose(p, cost, None, ["a", "b", "c"])[0] == 2).all()
-
-
-def test_selection_picks_a_setting_above_the_hull_when_predictions_are_right():
-    rng = np.random.default_rng(1)
-    n = 600
-    kind = rng.integers(0, 3, n)  # prompt kind k is solved by models >= k
-    success = (np.arange(3)[None, :] >= kind[:, None]).astype(float)
-    cost = np.tile([1.0, 2.0, 10.0], (n, 1))
-    p = np.clip(success * 0.9 + 0.05 + rng.normal(0, 0.02, success.shape), 0, 1)
-    sel = select_policy(p, cost, success, cost, ["a", "b", "c"])
-    assert sel.fallback is None
-    assert sel.margin > 0.2 and sel.lcb > 0
-    assert sel.quality > 0.95
-
-
-def test_fit_served_router_stores_a_default_policy_chosen_on_training_prompts():
-    matrix = OutcomeMatrix.from_frame(synthetic_logs(180, seed=7))
-    router, sel = fit_served_router(matrix, PRICES, predictor="logistic", seed=0, folds=3)
-    assert router.policy_ == sel.make_policy()
-    assert router.selection_["policy"] == sel.policy
-    assert sel.fallback is None  # the synthetic prompts are learnable: the router beats best fixed
-    assert isinstance(router.policy_, (Threshold, Tradeoff))
-    d = router.route("Compute 12 * 7 + 12 and give the number. (case 1000)", PRICES)
-    assert d.model in ("small", "medium", "large")
-
-
 @pytest.fixture
 def logs_file(tmp_path):
     path = tmp_path / "logs.parquet"
@@ -90,7 +57,7 @@ def logs_file(tmp_path):
 
 def _tune(args, tmp_path):
     pytest.importorskip("training.logs")
-    from training.replay_cli import tune
+    from training.cli import tune
 
     return CliRunner().invoke(tune, ["--prices", prices_csv(tmp_path / "prices.csv"), "--predictor", "logistic", "--no-mlflow", *args])
 
@@ -154,7 +121,7 @@ def test_tune_with_a_registered_router_logs_to_mlflow(tmp_path, thrifty_home, lo
     from models.settings import get_settings
     from router.persist import save_router
     from training.fit import fit_router
-    from training.replay_cli import tune
+    from training.cli import tune
 
     router = fit_router(OutcomeMatrix.from_frame(synthetic_logs(150, seed=9)), PRICES, predictor="knn")
     path = save_router(router, tmp_path / "r.joblib")
@@ -168,14 +135,6 @@ def test_tune_with_a_registered_router_logs_to_mlflow(tmp_path, thrifty_home, lo
     mlflow.set_tracking_uri(get_settings().resolved_tracking_uri)
     runs = mlflow.search_runs(experiment_names=["tune-test"])
     assert len(runs) == 1 and "metrics.test/quality" in runs.columns
-
-
-def test_fit_served_router_keeps_its_policy_on_partial_logs():
-    frame = synthetic_logs(120, seed=10)
-    # production-like logs: one model per prompt
-    frame = frame[frame.prompt_id.str[1:].astype(int) % 3 == frame.model.map({"small": 0, "medium": 1, "large": 2})]
-    router, sel = fit_served_router(OutcomeMatrix.from_frame(frame), PRICES, predictor="logistic", folds=2)
-    assert router.policy_ == Threshold(0.7) and sel.policy == "threshold" and sel.knob == 0.7
 
 
 def test_choose_setting_with_a_safety_margin():

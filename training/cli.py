@@ -1,17 +1,134 @@
-"""Training subcommands of ``thrifty``: train, replay, tune, retrain, promote, data."""
+"""Training subcommands of ``thrifty``: train, retrain, promote, replay, tune, data.
+
+Every option two commands share is defined once below, and the inputs they
+share (logs, prices and catalogs, a router to load) are read by one helper
+each. File options take several values after one flag (``--logs a.parquet
+b.parquet``, or a shell glob ``--logs logs/*.parquet``) as well as the flag
+repeated (``--logs a --logs b``).
+"""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
 
-from models.catalog import CatalogError, load_catalog
 from models.settings import get_settings
-from training.replay_cli import replay, tune  # noqa: F401  (subcommands of `thrifty`)
+from router.predictors import get_predictor, predictor_names
+from training.progress import say
+
+# -------------------------------------------------------------------------- options
+
+
+class FileListOption(click.Option):
+    """A repeatable file option that also takes several values after one flag."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("multiple", True)
+        kwargs.setdefault("type", click.Path(exists=True, dir_okay=False))
+        super().__init__(*args, **kwargs)
+
+
+class Command(click.Command):
+    """A command whose :class:`FileListOption` flags take every value up to the next option.
+
+    ``--logs a b --prices p`` is read as ``--logs a --logs b --prices p``. The
+    training commands take no positional arguments, so a bare word after such
+    a flag can only be one more of its values.
+    """
+
+    def parse_args(self, ctx, args):
+        flags = {opt for p in self.params if isinstance(p, FileListOption) for opt in p.opts}
+        spread, current = [], None
+        args = list(args)
+        k = 0
+        while k < len(args):
+            arg = args[k]
+            if arg == "--":
+                spread.extend(args[k:])
+                break
+            name = arg.split("=", 1)[0]
+            if name in flags:
+                current = name
+                spread.append(arg)
+                if "=" not in arg and k + 1 < len(args):  # the flag's first value, whatever it looks like
+                    spread.append(args[k + 1])
+                    k += 1
+            elif current is not None and not arg.startswith("-"):
+                spread.extend([current, arg])
+            else:
+                current = None
+                spread.append(arg)
+            k += 1
+        return super().parse_args(ctx, spread)
+
+
+def command(**kw):
+    return click.command(cls=Command, **kw)
+
+
+def _options(*options):
+    def wrap(f):
+        for option in reversed(options):
+            f = option(f)
+        return f
+
+    return wrap
+
+
+LOGS_HELP = "outcome log file(s): .parquet, .jsonl, .csv, or RouterBench .pkl/.csv; several after one --logs, or --logs repeated"
+logs_option = click.option("--logs", "logs", cls=FileListOption, help=LOGS_HELP)
+prices_option = click.option(
+    "--prices", "prices", cls=FileListOption,
+    help="prices CSV(s) (schema of shared/data/prices.csv) loaded as catalog entries; models no table prices are priced from their logged costs",
+)
+catalog_option = click.option("--catalog", "catalogs", cls=FileListOption, help="catalog file(s) extending or overriding the shipped catalog")
+seed_option = click.option("--seed", default=0, show_default=True, help="random seed of splits and learners")
+task_holdout_option = click.option("--task-holdout", default=None, help="hold out this whole task instead of a random share of prompts")
+experiment_option = click.option("--experiment", default=None, help="MLflow experiment (default: THRIFTY_EXPERIMENT or 'thrifty')")
+name_option = click.option("--name", default=None, help="registered model name (default: THRIFTY_REGISTRY_NAME or 'thrifty')")
+no_mlflow_option = click.option("--no-mlflow", is_flag=True, help="write the outputs only; log nothing to MLflow")
+router_option = click.option(
+    "--router", "router_uri", default=None,
+    help="use this router (models:/NAME@ALIAS, models:/NAME/VERSION, runs:/..., or a .joblib file) instead of training one",
+)
+relative_option = click.option("--relative", is_flag=True, help="read --target-quality as a share of the best single model's success (0.98 = 98%)")
+
+
+def test_size_option(default: float):
+    return click.option("--test-size", default=default, show_default=True, help="share of prompts held out for the metrics")
+
+
+def predictor_option(default: str):
+    return click.option(
+        "--predictor", type=click.Choice(predictor_names()), default=default, show_default=True,
+        help="success predictor of the router to train",
+    )
+
+
+def _predictor_list(ctx, param, value: str) -> list[str]:
+    kinds = [k.strip() for k in value.split(",") if k.strip()]
+    for kind in kinds:
+        try:
+            get_predictor(kind)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc)) from None
+    return kinds
+
+
+predictors_option = click.option(
+    "--predictors", default=",".join(k for k in predictor_names() if get_predictor(k).replayed), show_default=True,
+    callback=_predictor_list,
+    help=f"routers to train and replay when --router is not given (comma-separated; any of {', '.join(predictor_names())})",
+)
+
+# -------------------------------------------------------------------------- inputs
 
 
 def _catalog(prices: tuple[str, ...], catalogs: tuple[str, ...]):
+    from models.catalog import CatalogError, load_catalog
+
     try:
         return load_catalog([*get_settings().catalog, *catalogs, *prices])
     except CatalogError as exc:
@@ -24,21 +141,36 @@ def _log_paths(logs: tuple[str, ...]) -> list[Path]:
     raise click.UsageError("give at least one --logs FILE (or run `thrifty data fetch routerbench`)")
 
 
-logs_option = click.option("--logs", "logs", multiple=True, type=click.Path(exists=True, dir_okay=False), help="outcome log file(s): .parquet, .jsonl, .csv, or RouterBench .pkl/.csv (repeatable)")
-prices_option = click.option("--prices", "prices", multiple=True, type=click.Path(exists=True, dir_okay=False), help="prices CSV (schema of shared/data/prices.csv) loaded as catalog entries")
-catalog_option = click.option("--catalog", "catalogs", multiple=True, type=click.Path(exists=True, dir_okay=False), help="catalog file(s) extending or overriding the shipped catalog")
-seed_option = click.option("--seed", default=0, show_default=True, help="random seed of splits and learners")
+def _read(logs: tuple[str, ...], prices):
+    from training.logs import LogError, read_logs
+
+    paths = _log_paths(logs)
+    try:
+        return read_logs(paths, prices, progress=True)
+    except (LogError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
 
 
-@click.command()
-@logs_option
-@prices_option
-@catalog_option
-@click.option("--predictor", type=click.Choice(["lightgbm", "logistic", "knn", "ensemble"]), default="lightgbm", show_default=True)
-@click.option("--test-size", default=0.2, show_default=True, help="share of prompts held out for the metrics")
-@seed_option
-@click.option("--experiment", default=None, help="MLflow experiment (default: THRIFTY_EXPERIMENT or 'thrifty')")
-@click.option("--name", default=None, help="registered model name (default: THRIFTY_REGISTRY_NAME or 'thrifty')")
+def _load_router(uri: str | None):
+    if uri is None:
+        return None
+    from router.persist import load_router
+
+    try:
+        return load_router(uri)
+    except Exception as exc:  # noqa: BLE001 - any loading failure is the user's URI
+        raise click.ClickException(f"cannot load router {uri!r}: {exc}") from None
+
+
+def _quiet_git() -> None:
+    os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+
+
+# -------------------------------------------------------------------------- train, retrain
+
+
+@command()
+@_options(logs_option, prices_option, catalog_option, predictor_option("lightgbm"), test_size_option(0.2), seed_option, experiment_option, name_option)
 @click.option("--no-register", is_flag=True, help="fit and measure only; log nothing to MLflow")
 def train(logs, prices, catalogs, predictor, test_size, seed, experiment, name, no_register):
     """Learn the cheapest model that still succeeds from outcome logs; register it as champion."""
@@ -57,7 +189,7 @@ def train(logs, prices, catalogs, predictor, test_size, seed, experiment, name, 
             name=name or settings.registry_name,
             register=not no_register,
             progress=True,
-            echo=lambda m: click.echo(m, err=True),
+            echo=say,
         )
     except (LogError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
@@ -86,40 +218,13 @@ def _print_training(result, name: str) -> None:
         click.echo(f"registered models:/{name}/{result.version} as models:/{name}@champion (run {result.run_id})")
 
 
-@click.group()
-def data():
-    """Public outcome logs to start from."""
-
-
-@data.command("fetch")
-@click.argument("dataset", type=click.Choice(["routerbench"]))
-@click.option("--url", default=None, help="override the download URL (a mirror, or a local server)")
-@click.option("--cache-dir", type=click.Path(file_okay=False), default=None, help="default: THRIFTY_HOME/cache")
-def data_fetch(dataset, url, cache_dir):
-    """Download a public log (resumable, with a progress bar) and convert it to the canonical format."""
-    from training.fetch import ROUTERBENCH_URL, DownloadError, fetch_routerbench
-    from training.logs import LogError
-
-    cache = Path(cache_dir) if cache_dir else get_settings().cache_dir
-    try:
-        path = fetch_routerbench(cache, url or ROUTERBENCH_URL, progress=True)
-    except (DownloadError, LogError, OSError) as exc:
-        raise click.ClickException(str(exc)) from None
-    click.echo(str(path))
-
-
-@click.command()
+@command()
 @logs_option
 @click.option("--store", type=click.Path(exists=True, dir_okay=False), default=None, help="a serving outcome store (SQLite); its decisions joined with feedback are exported and used")
-@click.option("--benchmark-logs", "benchmark_logs", multiple=True, type=click.Path(exists=True, dir_okay=False), help="full-matrix benchmark logs to mix in (repeatable)")
-@prices_option
-@catalog_option
-@click.option("--predictor", type=click.Choice(["lightgbm", "logistic", "knn", "ensemble"]), default="lightgbm", show_default=True)
+@click.option("--benchmark-logs", "benchmark_logs", cls=FileListOption, help="full-matrix benchmark logs to mix in")
+@_options(prices_option, catalog_option, predictor_option("lightgbm"))
 @click.option("--propensity-clip", default=20.0, show_default=True, help="largest inverse-propensity weight")
-@click.option("--test-size", default=0.2, show_default=True)
-@seed_option
-@click.option("--experiment", default=None)
-@click.option("--name", default=None)
+@_options(test_size_option(0.2), seed_option, experiment_option, name_option)
 def retrain(logs, store, benchmark_logs, prices, catalogs, predictor, propensity_clip, test_size, seed, experiment, name):
     """Retrain on served traffic (propensity-weighted), optionally mixed with benchmark logs; register as challenger."""
     import subprocess
@@ -159,7 +264,7 @@ def retrain(logs, store, benchmark_logs, prices, catalogs, predictor, propensity
                 alias=CHALLENGER,
                 propensity_clip=propensity_clip,
                 progress=True,
-                echo=lambda m: click.echo(m, err=True),
+                echo=say,
             )
         except (LogError, ValueError) as exc:
             raise click.ClickException(str(exc)) from None
@@ -168,15 +273,15 @@ def retrain(logs, store, benchmark_logs, prices, catalogs, predictor, propensity
                f"mean AUC on held-out prompts {result.summary()['auc']:.3f}")
 
 
-@click.command()
-@logs_option
-@prices_option
-@catalog_option
-@click.option("--name", default=None, help="registered model name")
+# -------------------------------------------------------------------------- promote
+
+
+@command()
+@_options(logs_option, prices_option, catalog_option, name_option)
 @click.option("--margin", default=0.0, show_default=True, help="how much the challenger's net value per request must exceed the champion's")
 @click.option("--usd-per-success", default=0.01, show_default=True, help="what one success is worth: net value = success - cost / this")
 @click.option("--estimator", type=click.Choice(["dr", "snips", "ips"]), default="dr", show_default=True, help="off-policy estimator for served (partial) logs")
-@click.option("--experiment", default=None)
+@experiment_option
 def promote(logs, prices, catalogs, name, margin, usd_per_success, estimator, experiment):
     """Replay champion and challenger on the same held-out logs; promote the challenger if it wins by the margin."""
     import json
@@ -187,7 +292,6 @@ def promote(logs, prices, catalogs, name, margin, usd_per_success, estimator, ex
     from router.persist import load_router
     from training import tracking
     from training.dataset import OutcomeMatrix
-    from training.logs import LogError, read_logs
     from training.promote import compare
 
     settings = get_settings()
@@ -202,12 +306,12 @@ def promote(logs, prices, catalogs, name, margin, usd_per_success, estimator, ex
         raise click.ClickException(f"registered model {reg!r} needs both a champion and a challenger: {exc}") from None
     champion = load_router(tracking.model_uri(reg, tracking.CHAMPION))
     challenger = load_router(tracking.model_uri(reg, tracking.CHALLENGER))
+    frame = _read(logs, catalog.prices())
     try:
-        frame = read_logs(_log_paths(logs), catalog.prices())
         matrix = OutcomeMatrix.from_frame(frame)
         table = champion.prices_.merged(challenger.prices_).merged(catalog.prices())
         decision = compare(champion, challenger, matrix, table, margin=margin, usd_per_success=usd_per_success, estimator=estimator)
-    except (LogError, ValueError) as exc:
+    except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     with tracking.start_run(experiment or settings.experiment, run_name="promote"):
         mlflow.log_params({"name": reg, "champion_version": champ_v.version, "challenger_version": chall_v.version,
@@ -223,3 +327,142 @@ def promote(logs, prices, catalogs, name, margin, usd_per_success, estimator, ex
     click.echo(f"challenger v{chall_v.version}: success {b.success:.4f}  cost ${b.cost:.6f}  value {b.value:.4f}  ({b.method})")
     verdict = "promoted: challenger is now champion" if decision.promote else f"kept champion (challenger must win by more than {margin})"
     click.echo(verdict)
+
+
+# -------------------------------------------------------------------------- replay
+
+
+@command()
+@_options(logs_option, prices_option, catalog_option, router_option, test_size_option(0.3), seed_option, task_holdout_option)
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="directory for metrics.json, curve.csv, decisions.parquet and frontier.png")
+@predictors_option
+@click.option("--knobs", "n_knobs", default=256, show_default=True, help="knob settings per policy sweep (before duplicates are dropped)")
+@click.option("--folds", default=3, show_default=True, help="folds of the training split on which each router's default knob is chosen")
+@_options(experiment_option, no_mlflow_option)
+def replay(logs, prices, catalogs, router_uri, test_size, seed, task_holdout, out_dir, predictors, n_knobs, folds, experiment, no_mlflow):
+    """Replay routers and baselines on held-out logged prompts: cost–quality curves, AIQ, gap closed, APGR."""
+    from training.replay import format_table, log_to_mlflow, run_replay, write_outputs
+
+    _quiet_git()
+    table = _catalog(prices, catalogs).prices()
+    frame = _read(logs, table)
+    router = _load_router(router_uri)
+    try:
+        result = run_replay(
+            frame,
+            table,
+            router=router,
+            test_size=test_size,
+            seed=seed,
+            task_holdout=task_holdout,
+            predictors=predictors,
+            n_knobs=n_knobs,
+            folds=folds,
+            echo=say,
+        )
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    title = " + ".join(result.meta["datasets"]) + (f" (held-out task {task_holdout})" if task_holdout else f" ({test_size:.0%} test split, seed {seed})")
+    paths = write_outputs(result, out_dir, title)
+    click.echo(format_table(result))
+    click.echo(f"\nwrote {', '.join(str(p) for p in paths.values())}")
+    if not no_mlflow:
+        settings = get_settings()
+        params = {"logs": ",".join(logs), "router": router_uri or "trained", "predictors": ",".join(predictors)}
+        run_id = log_to_mlflow(result, paths, experiment or settings.experiment, params)
+        click.echo(f"logged to MLflow run {run_id}")
+
+
+# -------------------------------------------------------------------------- tune
+
+
+@command()
+@_options(logs_option, prices_option, catalog_option, router_option, test_size_option(0.3), seed_option, task_holdout_option)
+@click.option("--name", required=True, help="profile name; serving exposes the profile as this model name")
+@click.option("--target-quality", default=None, help="least mean success: absolute (0.8), or a share of the best single model (95%, or 0.95 with --relative)")
+@relative_option
+@click.option("--max-cost-per-request", "max_cost", type=float, default=None, help="most mean USD per request")
+@click.option("--budget", type=float, default=None, help="USD to spend over --requests requests")
+@click.option("--requests", type=int, default=None, help="expected number of requests the --budget must pay for")
+@click.option("--policy", type=click.Choice(["threshold", "tradeoff", "any"]), default="any", show_default=True, help="policy whose knob is tuned")
+@predictor_option("ensemble")
+@click.option("--z", "z", type=float, default=1.0, show_default=True, help="standard errors by which the chosen setting must meet the target on the validation split")
+@_options(experiment_option, no_mlflow_option)
+def tune(logs, prices, catalogs, router_uri, test_size, seed, task_holdout, name, target_quality, relative, max_cost, budget, requests, policy, predictor, z, experiment, no_mlflow):
+    """Choose the knob that meets a quality or cost target on a validation split; save it as a named profile."""
+    from router.profiles import ProfileError
+    from training.sweep import POLICIES
+    from training.targets import Target
+    from training.tune import tune as run_tune
+
+    _quiet_git()
+    try:
+        target = Target.parse(target_quality, max_cost, budget, requests, relative=relative)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    table = _catalog(prices, catalogs).prices()
+    frame = _read(logs, table)
+    router = _load_router(router_uri)
+    settings = get_settings()
+    try:
+        result = run_tune(
+            frame,
+            table,
+            target,
+            name,
+            router=router,
+            router_uri=router_uri,
+            profiles_dir=settings.profiles_dir,
+            policies=POLICIES if policy == "any" else (policy,),
+            predictor=predictor,
+            test_size=test_size,
+            seed=seed,
+            task_holdout=task_holdout,
+            z=z,
+            echo=say,
+        )
+    except (ProfileError, ValueError) as exc:  # TargetError is a ValueError
+        raise click.ClickException(str(exc)) from None
+    p, v, t = result.profile, result.validation, result.test
+    click.echo(f"target: {result.target.describe(v['best_single'])}")
+    click.echo(f"chosen on {result.n_validation} validation prompts: {p.policy} knob {p.knob:.6g} -> success {v['quality']:.3f}, ${v['cost']:.3g} per request")
+    click.echo(
+        f"on {result.n_test} test prompts (not used for the choice): success {t['quality']:.3f}, ${t['cost']:.3g} per request "
+        f"(best single model {t['best_single']:.3f}) -> target {'met' if t['target_met'] else 'MISSED'} on the test split"
+    )
+    click.echo(f"saved profile {p.name!r} to {result.path} (router: {p.router_uri})")
+    if not no_mlflow:
+        import mlflow
+
+        from training import tracking
+
+        with tracking.start_run(experiment or settings.experiment, run_name=f"tune-{name}") as run:
+            mlflow.log_params({"logs": ",".join(logs)[:500], "profile": name, "policy": p.policy, "knob": p.knob, "target": result.target.describe(v["best_single"])[:500], "router": str(p.router_uri)[:500]})
+            mlflow.log_metrics({"validation/quality": v["quality"], "validation/cost": v["cost"], "test/quality": t["quality"], "test/cost": t["cost"], "test/target_met": float(t["target_met"])})
+            mlflow.log_artifact(str(result.path))
+        click.echo(f"logged to MLflow run {run.info.run_id}")
+
+
+# -------------------------------------------------------------------------- data
+
+
+@click.group()
+def data():
+    """Public outcome logs to start from."""
+
+
+@data.command("fetch")
+@click.argument("dataset", type=click.Choice(["routerbench"]))
+@click.option("--url", default=None, help="override the download URL (a mirror, or a local server)")
+@click.option("--cache-dir", type=click.Path(file_okay=False), default=None, help="default: THRIFTY_HOME/cache")
+def data_fetch(dataset, url, cache_dir):
+    """Download a public log (resumable, with a progress bar) and convert it to the canonical format."""
+    from training.fetch import ROUTERBENCH_URL, DownloadError, fetch_routerbench
+    from training.logs import LogError
+
+    cache = Path(cache_dir) if cache_dir else get_settings().cache_dir
+    try:
+        path = fetch_routerbench(cache, url or ROUTERBENCH_URL, progress=True)
+    except (DownloadError, LogError, OSError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(str(path))

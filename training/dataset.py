@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, replace
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -136,8 +137,39 @@ def split_by_prompt(
     return np.flatnonzero(~test), np.flatnonzero(test)
 
 
+def prompt_folds(texts: Sequence[str], folds: int, seed: int) -> list[np.ndarray]:
+    """Row indices of ``folds`` parts, with all rows of one prompt text in the same part."""
+    groups = _text_groups(list(texts))
+    unique = np.unique(groups)
+    rng = np.random.default_rng(seed)
+    assignment = dict(zip(rng.permutation(unique), np.arange(len(unique)) % folds))
+    part = np.array([assignment[g] for g in groups])
+    return [np.flatnonzero(part == k) for k in range(folds)]
+
+
 def _text_groups(texts: list[str]) -> np.ndarray:
     return pd.factorize(pd.Series(texts))[0]
+
+
+def complete_matrix(matrix: OutcomeMatrix, min_coverage: float = 0.9) -> tuple[OutcomeMatrix, list[str], int]:
+    """The part of the logs where every model answered every prompt.
+
+    Models that answered fewer than ``min_coverage`` of the prompts are dropped
+    first (one partial model would otherwise remove most prompts), then every
+    prompt some remaining model did not answer. Returns the matrix, the dropped
+    models and the number of dropped prompts.
+    """
+    seen = matrix.observed & ~np.isnan(matrix.cost)
+    coverage = seen.mean(axis=0)
+    keep = [m for m, c in zip(matrix.models, coverage) if c >= min_coverage]
+    if len(keep) < 2:
+        raise ValueError(f"fewer than two models answered at least {min_coverage:.0%} of the prompts: nothing to route between")
+    dropped = [m for m in matrix.models if m not in keep]
+    sub = matrix.select_models(keep)
+    rows = np.flatnonzero((sub.observed & ~np.isnan(sub.cost)).all(axis=1))
+    if len(rows) < 2:
+        raise ValueError("fewer than two prompts were answered by every model")
+    return sub.subset(rows), dropped, matrix.n_prompts - len(rows)
 
 
 def implied_prices(matrix: OutcomeMatrix) -> PriceTable:

@@ -13,7 +13,8 @@ import re
 from pathlib import Path
 
 import httpx
-from tqdm.auto import tqdm
+
+from training.progress import bar
 
 ROUTERBENCH_URL = "https://huggingface.co/datasets/withmartian/routerbench/resolve/main/routerbench_0shot.pkl"
 ROUTERBENCH_PICKLE = "routerbench_0shot.pkl"
@@ -93,13 +94,13 @@ def _write_body(response: httpx.Response, part: Path, offset: int, *, progress: 
     total = _expected_size(response, offset)
     # Chunks are taken as they arrive (iter_raw without a size) so that bytes received
     # before a dropped connection reach the .part file; chunk_size sizes the write buffer.
-    with part.open("ab" if offset else "wb", buffering=chunk_size) as out, tqdm(
+    with part.open("ab" if offset else "wb", buffering=chunk_size) as out, bar(
         total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024,
-        desc=part.name.removesuffix(".part"), disable=not progress,
-    ) as bar:
+        desc=part.name.removesuffix(".part"), enabled=progress,
+    ) as shown:
         for chunk in response.iter_raw():
             out.write(chunk)
-            bar.update(len(chunk))
+            shown.update(len(chunk))
     size = part.stat().st_size
     if total is not None and size != total:
         raise httpx.RemoteProtocolError(f"connection closed after {size} of {total} bytes")

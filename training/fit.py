@@ -1,4 +1,8 @@
-"""Fitting a router on an outcome matrix, and measuring it on held-out prompts."""
+"""Fitting a router on an outcome matrix, cross-fitting it, and measuring it on held-out prompts.
+
+Success predictors are named by the registry of :mod:`router.predictors`
+(``lightgbm``, ``logistic``, ``knn``, ``irt``, ``ensemble``).
+"""
 
 from __future__ import annotations
 
@@ -8,47 +12,9 @@ from sklearn.metrics import roc_auc_score
 from models.prices import PriceTable
 from router.features import TextFeaturizer
 from router.policy import Threshold
-from router.predictors import EnsembleSuccess, IRTSuccess, KNNSuccess, LightGBMSuccess, LogisticSuccess, TokenRegressor
+from router.predictors import EnsembleSuccess, TokenRegressor, make_success_predictor
 from router.router import Router
-from training.dataset import OutcomeMatrix, implied_prices, propensity_weights
-
-PREDICTORS = ("lightgbm", "logistic", "knn", "irt", "ensemble")
-
-
-# Hyperparameters chosen on out-of-fold predictions of the *training* split
-# (3-fold by prompt; gap closed of the λ-tradeoff sweep) of routerbench-subset,
-# llmrouter-14task and zeroeval-gsm8k + zeroeval-math-l5: k = 100 neighbours
-# beat 15 and 40 on all three (200 on one), C = 0.05 beat 0.5 and 5 on all three.
-KNN_K = 100
-LOGISTIC_C = 0.05
-# IRTSuccess, chosen the same way (mean over the three logs of the out-of-fold
-# gap closed, λ-tradeoff sweep): 16 prompt types, 4 skill factors, alpha = 1e-3
-# on the type map: 0.160 (0.178 / 0.244 / 0.059), against 8 types 0.113, 32 types
-# 0.135, 8 factors 0.152, alpha = 3e-3 0.146. Continuous prompt embeddings
-# (a_j · θ(x) with θ linear: at most 0.132; a tanh network: 0.050-0.149,
-# unstable across settings) did worse. Not an ensemble member: adding it to
-# kNN + logistic + LightGBM lowered the ensemble's out-of-fold gap closed
-# (0.180 -> 0.171) while its AUC rose by under 0.001.
-IRT_TYPES = 16
-IRT_FACTORS = 4
-IRT_ALPHA = 1e-3
-
-
-def make_success_predictor(kind: str, seed: int = 0):
-    if kind == "lightgbm":
-        return LightGBMSuccess(random_state=seed)
-    if kind == "logistic":
-        return LogisticSuccess(C=LOGISTIC_C, random_state=seed)
-    if kind == "knn":
-        return KNNSuccess(k=KNN_K)
-    if kind == "irt":
-        return IRTSuccess(n_types=IRT_TYPES, n_factors=IRT_FACTORS, alpha=IRT_ALPHA, random_state=seed)
-    if kind == "ensemble":
-        return EnsembleSuccess(
-            [KNNSuccess(k=KNN_K), LogisticSuccess(C=LOGISTIC_C, random_state=seed), LightGBMSuccess(random_state=seed)],
-            random_state=seed,
-        )
-    raise ValueError(f"unknown predictor {kind!r}; expected one of {PREDICTORS}")
+from training.dataset import OutcomeMatrix, implied_prices, prompt_folds, propensity_weights
 
 
 def resolve_prices(matrix: OutcomeMatrix, catalog_prices: PriceTable) -> tuple[PriceTable, list[str]]:
@@ -92,6 +58,42 @@ def fit_router(
         policy=policy or Threshold(0.7),
     )
     return router.fit(matrix.texts, matrix.success, matrix.output_tokens, matrix.models, prices, weights)
+
+
+def cross_fit(
+    matrix: OutcomeMatrix, prices: PriceTable, *, predictor: str = "lightgbm", seed: int = 0, folds: int = 3, **fit_kw
+) -> tuple[np.ndarray, np.ndarray]:
+    """Out-of-fold predicted success and cost of every prompt of ``matrix`` (K-fold by prompt text)."""
+    n, m = matrix.success.shape
+    P, C = np.full((n, m), np.nan), np.full((n, m), np.nan)
+    tokens = matrix.prompt_tokens()
+    for part in prompt_folds(matrix.texts, folds, seed):
+        rest = np.setdiff1d(np.arange(n), part)
+        router = fit_router(matrix.subset(rest), prices, predictor=predictor, seed=seed, **fit_kw)
+        held = matrix.subset(part)
+        s = router.score_features(router.features(held.texts), tokens[part], prices, models=matrix.models)
+        P[part], C[part] = s.p, s.cost
+    return P, C
+
+
+def fit_with_oof(matrix: OutcomeMatrix, prices: PriceTable, *, predictor: str = "lightgbm", seed: int = 0, folds: int = 3, **fit_kw):
+    """A router fitted on all of ``matrix``, and out-of-fold predicted success and cost of its prompts."""
+    P, C = cross_fit(matrix, prices, predictor=predictor, seed=seed, folds=folds, **fit_kw)
+    return fit_router(matrix, prices, predictor=predictor, seed=seed, **fit_kw), P, C
+
+
+def ensemble_router(routers) -> Router:
+    """One router averaging the success predictions of routers fitted on the same prompts.
+
+    Equivalent to ``fit_router(..., predictor="ensemble")`` with the same
+    members (the featurizers are fitted on the same texts with the same seed,
+    so they are identical), without fitting the members again.
+    """
+    base = routers[0]
+    for other in routers[1:]:
+        if other.models_ != base.models_:
+            raise ValueError("ensemble members must be fitted on the same models")
+    return base.with_success(EnsembleSuccess.from_fitted([r.success_ for r in routers], base.models_))
 
 
 def _binary(y: np.ndarray) -> np.ndarray:

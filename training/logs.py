@@ -20,7 +20,6 @@ from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
 from models.outcomes import OPTIONAL_COLUMNS, OUTCOME_COLUMNS, REQUIRED_COLUMNS
 from models.prices import PriceTable
@@ -89,7 +88,10 @@ def read_logs(
     paths = [Path(p) for p in paths]
     if not paths:
         raise ValueError("read_logs: no files given")
-    frames = [_normalised_file(path) for path in tqdm(paths, desc="reading logs", unit="file", disable=not progress)]
+    from training.progress import bar
+
+    with bar(paths, enabled=progress, desc="reading logs", unit="file") as files:
+        frames = [_normalised_file(path) for path in files]
     return _combine(frames, prices)
 
 

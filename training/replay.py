@@ -27,8 +27,9 @@ import pandas as pd
 
 from models.prices import PriceTable
 from router.router import Router
+from router.predictors import get_predictor, predictor_names
 from training import baselines
-from training.dataset import OutcomeMatrix, split_by_prompt
+from training.dataset import OutcomeMatrix, complete_matrix, split_by_prompt
 from training.metrics import (
     POINT_METRICS,
     Reference,
@@ -37,39 +38,13 @@ from training.metrics import (
     point_metrics,
     reference,
 )
-from training.tune import POLICIES, best_model_index, outcome_of, policy_kwargs, sweep_policy
+from training.sweep import POLICIES, best_model_index, knob_grid, policy_kwargs, sweep_policy
 
-PREDICTORS = ("knn", "logistic", "lightgbm", "irt", "ensemble")
-ENSEMBLE_MEMBERS = ("knn", "logistic", "lightgbm")
 BEST_FIXED = "best_fixed"
 ORACLE = "oracle"
 RANDOM = "random"
 TASK_PRIOR = "task_prior"
 SERVED = "served"
-
-
-# ----------------------------------------------------------------------------- data
-
-
-def complete_matrix(matrix: OutcomeMatrix, min_coverage: float = 0.9) -> tuple[OutcomeMatrix, list[str], int]:
-    """The part of the logs where every model answered every prompt.
-
-    Models that answered fewer than ``min_coverage`` of the prompts are dropped
-    first (one partial model would otherwise remove most prompts), then every
-    prompt some remaining model did not answer. Returns the matrix, the dropped
-    models and the number of dropped prompts.
-    """
-    seen = matrix.observed & ~np.isnan(matrix.cost)
-    coverage = seen.mean(axis=0)
-    keep = [m for m, c in zip(matrix.models, coverage) if c >= min_coverage]
-    if len(keep) < 2:
-        raise ValueError(f"fewer than two models answered at least {min_coverage:.0%} of the prompts: nothing to route between")
-    dropped = [m for m in matrix.models if m not in keep]
-    sub = matrix.select_models(keep)
-    rows = np.flatnonzero((sub.observed & ~np.isnan(sub.cost)).all(axis=1))
-    if len(rows) < 2:
-        raise ValueError("fewer than two prompts were answered by every model")
-    return sub.subset(rows), dropped, matrix.n_prompts - len(rows)
 
 
 @dataclass(frozen=True)
@@ -88,7 +63,7 @@ class LearnedRouter:
     name: str
     router: Router
     policies: Sequence[str] = POLICIES
-    selection: dict | None = None  # training-time choice (see training.tune.Selection)
+    selection: dict | None = None  # training-time choice (see training.served.Selection)
     fallback: str | None = None  # the threshold policy's fallback model (the best single model on training prompts)
 
 
@@ -135,19 +110,13 @@ def replay_rows(
         s = router_scores(item.router, evalset, prices)
         for policy in item.policies:
             name = f"{item.name}/{policy}"
-            grid = make_grid(policy, s.p, s.cost, n_knobs, extra_knobs.get(name, ()))
+            grid = knob_grid(policy, s.p, s.cost, n_knobs, extra_knobs.get(name, ()))
             kw = policy_kwargs(policy, item.fallback if item.fallback in s.models else None)
             for knob, choice in sweep_policy(policy, s.p, s.cost, grid, keep=extra_knobs.get(name, ()), models=s.models, **kw):
                 yield ReplayRow(name, knob, choice)
         if item.router.policy_ is not None:
             choice, _ = item.router.policy_.choose(s.p, s.cost, None, s.models)
             yield ReplayRow(f"{item.name}/{SERVED}", float(item.router.policy_.knob), choice)
-
-
-def make_grid(policy: str, p, cost, n: int, extra: Sequence[float] = ()) -> np.ndarray:
-    from training.tune import knob_grid
-
-    return np.unique(np.concatenate([knob_grid(policy, p, cost, n), np.asarray(list(extra), dtype=np.float64)]))
 
 
 # ----------------------------------------------------------------------------- results
@@ -263,16 +232,25 @@ def run_replay(
     test_size: float = 0.3,
     seed: int = 0,
     task_holdout: str | None = None,
-    predictors: Sequence[str] = PREDICTORS,
+    predictors: Sequence[str] | None = None,
     policies: Sequence[str] = POLICIES,
     n_knobs: int = 256,
     folds: int = 3,
     min_coverage: float = 0.9,
     echo: Callable[[str], None] = lambda msg: None,
 ) -> ReplayResult:
-    """Split, train (unless ``router`` is given), replay and measure. See the module docstring."""
-    from training.fit import resolve_prices
-    from training.tune import choose_default, ensemble_router, fit_with_oof
+    """Split, train (unless ``router`` is given), replay and measure. See the module docstring.
+
+    ``predictors``: registered success predictors to train (default: those the
+    registry marks as replayed).
+    """
+    from training.fit import ensemble_router, fit_with_oof, resolve_prices
+    from training.served import choose_default
+
+    if predictors is None:
+        predictors = [k for k in predictor_names() if get_predictor(k).replayed]
+    for kind in predictors:
+        get_predictor(kind)  # an unknown name fails here, before any fitting
 
     full = OutcomeMatrix.from_frame(frame)
     matrix, dropped_models, dropped_prompts = complete_matrix(full, min_coverage)
@@ -302,18 +280,18 @@ def run_replay(
         learned.append(LearnedRouter(router_name, router, policies, getattr(router, "selection_", None), train_best))
     else:
         fitted: dict[str, tuple[Router, np.ndarray, np.ndarray]] = {}
-        members = [k for k in ENSEMBLE_MEMBERS if k in predictors]
         for kind in predictors:
-            if kind == "ensemble" and len(members) == len(ENSEMBLE_MEMBERS):
+            members = get_predictor(kind).members
+            if members and all(m in fitted for m in members):
                 # the mean of the members' predictions: no need to fit them again
-                router_k = ensemble_router([fitted[k][0] for k in members])
-                P = np.mean([fitted[k][1] for k in members], axis=0)
+                router_k = ensemble_router([fitted[m][0] for m in members])
+                P = np.mean([fitted[m][1] for m in members], axis=0)
                 C = fitted[members[-1]][2]
             else:
                 echo(f"fitting {kind} on {train.n_prompts} prompts (knob chosen on {folds}-fold out-of-fold predictions)")
                 router_k, P, C = fit_with_oof(train, prices, predictor=kind, seed=seed, folds=folds)
             fitted[kind] = (router_k, P, C)
-            selection = choose_default(router_k, train, P, C, policies=policies)
+            router_k, selection = choose_default(router_k, train, P, C, policies=policies)
             learned.append(LearnedRouter(kind, router_k, policies, selection.to_dict(), selection.best_model))
             selections[kind] = selection.to_dict()
             for policy, row in selection.per_policy.items():
