@@ -8,6 +8,7 @@ setting the environment and calling ``get_settings.cache_clear()``.
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -28,6 +29,7 @@ class Settings(BaseSettings):
     registry_name: str = "thrifty"
     experiment: str = "thrifty"
     catalog: list[Path] = Field(default_factory=list, description="user catalog files, applied in order")
+    threads: int | None = Field(default=None, ge=1, description="threads of training's learners (LightGBM); default: the cores this process may run on")
 
     @property
     def home_dir(self) -> Path:
@@ -50,6 +52,18 @@ class Settings(BaseSettings):
     @property
     def cache_dir(self) -> Path:
         return self.home_dir / "cache"
+
+    @property
+    def training_threads(self) -> int:
+        return self.threads or available_cores()
+
+
+def available_cores() -> int:
+    """Cores this process may run on (its CPU affinity, which containers and taskset narrow), not the machine's count."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # no affinity on this platform (macOS, Windows)
+        return max(1, os.cpu_count() or 1)
 
 
 @lru_cache(maxsize=1)

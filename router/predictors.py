@@ -110,13 +110,22 @@ class LogisticSuccess(_CalibratedSuccess):
         return sigmoid(((X - self.mean_) / self.scale_) @ self.coef_ + self.intercept_)
 
 
+def _training_threads() -> int:
+    """THRIFTY_THREADS, else the cores this process may run on (read when fitting, never at import)."""
+    from models.settings import get_settings
+
+    return get_settings().training_threads
+
+
 class LightGBMSuccess(_CalibratedSuccess):
     """One gradient-boosted model shared by all models: prompt features plus model identity.
 
     Sharing lets a rarely-logged model borrow the difficulty signal learned
     from the others; the model id is a categorical feature, so trees can still
     split per model. Targets in [0,1] use LightGBM's cross-entropy objective.
-    Early stopping and calibration both use the held-out prompts.
+    Early stopping and calibration both use the held-out prompts. ``n_jobs``:
+    training threads (default: ``THRIFTY_THREADS``, else the cores this process
+    may run on); prediction always runs on one thread (one prompt at a time).
     """
 
     def __init__(
@@ -130,7 +139,7 @@ class LightGBMSuccess(_CalibratedSuccess):
         early_stopping_rounds: int = 40,
         holdout: float = 0.2,
         calibration: str = "platt",
-        n_jobs: int = 2,
+        n_jobs: int | None = None,
         random_state: int = 0,
     ):
         self.n_estimators = n_estimators
@@ -164,7 +173,7 @@ class LightGBMSuccess(_CalibratedSuccess):
             "min_data_in_leaf": self.min_child_samples,
             "feature_fraction": self.feature_fraction,
             "lambda_l2": self.lambda_l2,
-            "num_threads": self.n_jobs,
+            "num_threads": self.n_jobs or _training_threads(),
             "seed": self.random_state,
             "deterministic": True,
             "force_col_wise": True,

@@ -182,3 +182,24 @@ def test_one_prompt_is_two_small_matrix_products():
         est.predict_proba(x)
     per_call = (time.perf_counter() - t) / reps
     assert per_call < 1e-4, f"{per_call * 1e6:.1f} µs per prompt"
+
+
+def test_lightgbm_threads_follow_the_setting_else_the_cores_this_process_may_use(monkeypatch):
+    import os
+
+    from models.settings import get_settings
+    from router.predictors import LightGBMSuccess
+
+    X, Y, _, _ = planted(n=300, m=3, d=4, seed=11)
+
+    def threads_used():
+        text = LightGBMSuccess(n_estimators=3, min_child_samples=5).fit(X, Y).booster_.model_to_string()
+        return int(next(line for line in text.splitlines() if line.startswith("[num_threads:")).split()[1].rstrip("]"))
+
+    monkeypatch.delenv("THRIFTY_THREADS", raising=False)
+    get_settings.cache_clear()
+    assert threads_used() == len(os.sched_getaffinity(0))
+    monkeypatch.setenv("THRIFTY_THREADS", "1")
+    get_settings.cache_clear()
+    assert threads_used() == 1
+    get_settings.cache_clear()
