@@ -54,7 +54,10 @@ def test_outputs_are_written(synthetic_replay):
     decisions = pd.read_parquet(paths["decisions"])
     assert {"router", "knob", "prompt_id", "model"} <= set(decisions.columns)
     assert len(decisions) == len(curve) * result.meta["test_prompts"]
-    metrics = json.loads(paths["metrics"].read_text())
+    metrics = json.loads(paths["metrics"].read_text(), parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
+    # every value is a number or null: no "inf" strings where other missing values are null
+    assert {type(v) for entry in metrics.values() for v in entry.values()} <= {float, int, type(None)}
+    assert any(entry["cost_to_best"] is None for entry in metrics.values())  # a quality never reached
     for name in ("small", "medium", "large", BEST_FIXED, RANDOM, ORACLE, TASK_PRIOR, "knn/tradeoff", "logistic/threshold", "lightgbm/tradeoff", "lightgbm/served"):
         assert name in metrics, name
         for key in ("success_rate", "input_tokens", "output_tokens", "usd_per_request", "usd_per_success", "aiq", "gap_closed", "cost_to_best", "cost_to_95"):

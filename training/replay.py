@@ -371,7 +371,7 @@ def _json_safe(value):
         return [_json_safe(v) for v in value]
     if isinstance(value, (np.floating, float)):
         v = float(value)
-        return v if math.isfinite(v) else (None if math.isnan(v) else ("inf" if v > 0 else "-inf"))
+        return v if math.isfinite(v) else None
     if isinstance(value, np.integer):
         return int(value)
     return value
@@ -380,9 +380,9 @@ def _json_safe(value):
 def write_outputs(result: ReplayResult, out_dir: str | Path, title: str = "") -> dict[str, Path]:
     """``metrics.json``, ``curve.csv``, ``decisions.parquet``, ``frontier.png`` and ``replay.json`` in ``out_dir``.
 
-    In ``metrics.json`` a non-finite number is written as ``null`` (NaN: not
-    defined, e.g. APGR on logs with more than two models) or ``"inf"`` (a
-    quality the router never reaches).
+    In ``metrics.json`` a non-finite number is written as ``null``, as JSON has
+    none: not defined (APGR on logs with more than two models) or never reached
+    (the cost to reach a quality the router never reaches; the table says "never").
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
