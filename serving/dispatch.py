@@ -29,13 +29,11 @@ Request bodies pass through natively when the model speaks the client's
 format; only cross-format requests are translated (:mod:`serving.translate`).
 Responses always name the catalog id of the model that answered.
 
-Providers with ``send_raw`` (the SDK providers, :mod:`models.providers.raw`)
-hand back the upstream's own bytes, parsed once: a same-format answer or
-stream event is forwarded byte for byte unless something in it must change
-(the model name, a usage the client did not ask for), and a stream is read
-and forwarded one network read at a time, the stall timer re-armed lazily
-(:class:`IdleTimer`). Other providers (e.g. injected in tests) go through
-``send`` and event dicts, with the same guarantees.
+Providers hand back the upstream's own bytes, parsed once (``send_raw``,
+:mod:`models.providers.base`): a same-format answer or stream event is
+forwarded byte for byte unless something in it must change (the model name, a
+usage the client did not ask for), and a stream is read and forwarded one
+network read at a time, the stall timer re-armed lazily (:class:`IdleTimer`).
 """
 
 from __future__ import annotations
@@ -166,20 +164,15 @@ class Dispatcher:
     ) -> Answer:
         async def call(spec: ModelSpec, upstream_body: Body, attempt: AttemptRecord, timeout: float) -> Answer:
             provider = self.pool.get(spec)
-            send_raw = getattr(provider, "send_raw", None)
-            content = None
             try:
                 async with asyncio.timeout(timeout):
-                    if send_raw is not None:
-                        result, content = await send_raw(spec, upstream_body, stream=False)
-                    else:
-                        result = await provider.send(spec, upstream_body, stream=False)
+                    result, content = await provider.send_raw(spec, upstream_body, stream=False)
             except TimeoutError:
                 raise UpstreamTimeout(f"model {spec.id!r} gave no answer within {timeout:.3g}s", model=spec.id) from None
             usage = usage_of(spec.wire_format, result)
             self._succeeded(attempt, spec, usage)
             # the upstream's bytes go to the client unchanged when they already name the catalog id
-            forward = content is not None and spec.wire_format == client_format and result.get("model") == spec.id
+            forward = spec.wire_format == client_format and result.get("model") == spec.id
             return Answer(
                 spec=spec,
                 body=result if forward else self._present(client_format, spec, result),
@@ -208,39 +201,8 @@ class Dispatcher:
         """Open the upstream stream and read it up to its first token; the rest is read later, by the response."""
 
         async def call(spec: ModelSpec, upstream_body: Body, attempt: AttemptRecord, timeout: float) -> StreamAnswer:
-            provider = self.pool.get(spec)
-            if getattr(provider, "send_raw", None) is not None:
-                return await self._open_raw(provider, client_format, spec, upstream_body, attempt, timeout,
-                                            include_usage=include_usage, keep_text=keep_text)
-            watcher = StreamWatcher(spec.wire_format, keep_text=keep_text)
-            watched: AsyncIterator[Body] | None = None
-            head: list[Body] = []
-            try:
-                async with asyncio.timeout(timeout):
-                    events = await provider.send(spec, upstream_body, stream=True)
-                    watched = watcher.watch(_idle_guard(events, spec.id, self.stream_idle_timeout_s), spec.id)
-                    while True:
-                        try:
-                            event = await watched.__anext__()
-                        except StopAsyncIteration:
-                            break
-                        head.append(event)
-                        if _carries_content(spec.wire_format, event):
-                            break
-            except TimeoutError:
-                await _aclose(watched)
-                error = UpstreamTimeout(f"model {spec.id!r} sent no first token within {timeout:.3g}s", model=spec.id)
-                self._usage_so_far(attempt, spec, watcher.usage)
-                raise error from None
-            except BaseException:
-                await _aclose(watched)
-                self._usage_so_far(attempt, spec, watcher.usage)
-                raise
-            return StreamAnswer(
-                spec=spec,
-                events=self._present_stream(client_format, spec, _replay(head, watched), include_usage),
-                watcher=watcher,
-            )
+            return await self._open_raw(self.pool.get(spec), client_format, spec, upstream_body, attempt, timeout,
+                                        include_usage=include_usage, keep_text=keep_text)
 
         return await self._failover(
             client_format, body, candidates, attempts, deadline, ranking, call, stream=True,
@@ -249,7 +211,7 @@ class Dispatcher:
 
     async def _open_raw(self, provider, client_format: str, spec: ModelSpec, upstream_body: Body, attempt: AttemptRecord,
                         timeout: float, *, include_usage: bool, keep_text: bool) -> StreamAnswer:
-        """``open_stream`` through a provider's ``send_raw``: events read a network read at a time, bytes forwarded."""
+        """``open_stream``'s call: events read a network read at a time, bytes forwarded."""
         watcher = StreamWatcher(spec.wire_format, keep_text=keep_text)
         idle = IdleTimer(self.stream_idle_timeout_s, spec.id)
         wire = spec.wire_format
@@ -474,16 +436,6 @@ class Dispatcher:
             return translate.anthropic_response_to_openai(result, model=spec.id)
         return translate.openai_response_to_anthropic(result, model=spec.id)
 
-    @staticmethod
-    def _present_stream(client_format: str, spec: ModelSpec, events: AsyncIterator[Body], include_usage: bool):
-        if spec.wire_format != client_format:
-            if client_format == "openai":
-                return translate.anthropic_stream_to_openai(events, model=spec.id, include_usage=include_usage)
-            return translate.openai_stream_to_anthropic(events, model=spec.id)
-        if client_format == "openai":
-            return _openai_native_stream(events, spec.id, include_usage)
-        return _anthropic_native_stream(events, spec.id)
-
 
 # -- stream helpers --------------------------------------------------------------------------
 
@@ -566,22 +518,6 @@ class IdleTimer:
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
-
-
-async def _idle_guard(events: AsyncIterator[Body], model: str, idle_s: float) -> AsyncIterator[Body]:
-    """``events``, ended as stalled (:class:`UpstreamTimeout`) after ``idle_s`` without one."""
-    iterator = events.__aiter__()
-    idle = IdleTimer(idle_s, model)
-    try:
-        while True:
-            try:
-                event = await idle.wait(iterator.__anext__())
-            except StopAsyncIteration:
-                return
-            yield event
-    finally:
-        idle.stop()
-        await _aclose(iterator)
 
 
 def _check_complete(watcher: StreamWatcher, model: str) -> None:
@@ -684,41 +620,3 @@ async def _anthropic_passthrough(head: list[SSEEvent], raw: RawStream, watcher: 
             if parts:
                 yield b"".join(parts), final
         _check_complete(watcher, model)
-
-
-async def _replay(head: list[Body], rest: AsyncIterator[Body] | None) -> AsyncIterator[Body]:
-    """The events read ahead, then the rest of the stream."""
-    try:
-        for event in head:
-            yield event
-        if rest is not None:
-            async for event in rest:
-                yield event
-    finally:
-        await _aclose(rest)
-
-
-async def _aclose(iterator) -> None:
-    aclose = getattr(iterator, "aclose", None)
-    if aclose is not None:
-        try:
-            await aclose()
-        except Exception:  # closing a broken upstream stream is best effort
-            pass
-
-
-async def _openai_native_stream(chunks: AsyncIterator[Body], model: str, include_usage: bool) -> AsyncIterator[Body]:
-    async for chunk in chunks:
-        if not include_usage:
-            if not chunk.get("choices") and chunk.get("usage"):
-                continue  # the usage chunk thrifty asked for, not the client
-            chunk.pop("usage", None)
-        chunk["model"] = model
-        yield chunk
-
-
-async def _anthropic_native_stream(events: AsyncIterator[Body], model: str) -> AsyncIterator[Body]:
-    async for event in events:
-        if event.get("type") == "message_start" and isinstance(event.get("message"), dict):
-            event["message"]["model"] = model
-        yield event

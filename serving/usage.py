@@ -9,9 +9,7 @@ give a ``finish_reason``, an Anthropic stream must end with ``message_stop``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator
-
-from models.providers.errors import UpstreamStreamError
+from typing import Any
 
 Body = dict[str, Any]
 
@@ -99,11 +97,3 @@ class StreamWatcher:
             self.finish_reason = (event.get("delta") or {}).get("stop_reason") or self.finish_reason
         elif kind == "message_stop":
             self.complete = True
-
-    async def watch(self, events: AsyncIterator[Body], model: str) -> AsyncIterator[Body]:
-        """Pass ``events`` through, observing each; raise if the stream ends before its final event."""
-        async for event in events:
-            self.observe(event)
-            yield event
-        if not self.complete:
-            raise UpstreamStreamError(f"stream of model {model!r} ended without its final event", model=model)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 
@@ -10,6 +11,7 @@ from models.catalog import ModelSpec
 from models.providers import (
     ContextLengthExceeded,
     MissingUpstreamKey,
+    Provider,
     ProviderPool,
     UpstreamAuthError,
     UpstreamBadRequest,
@@ -53,8 +55,12 @@ def run(coro_fn, **pool_kw):
     return asyncio.run(main())
 
 
-async def drain(events):
-    return [e async for e in events]
+async def drain(stream):
+    """The event dicts of a :class:`models.providers.raw.RawStream`, read to its end."""
+    events = []
+    while batch := await stream.batch():
+        events += [e.data for e in batch]
+    return events
 
 
 @pytest.mark.parametrize("fmt", ["openai", "anthropic"])
@@ -65,9 +71,11 @@ def test_send_and_stream_through_the_sdks(fake, fake_server, fmt):
     async def go(p):
         provider = p.get(spec)
         assert p.get(spec) is provider  # one pooled client per (provider, base_url, key)
-        answer = await provider.send(spec, body(fmt, spec.upstream, temperature=0.5), stream=False)
-        events = await drain(await provider.send(spec, body(fmt, spec.upstream), stream=True))
-        return answer, events
+        assert isinstance(provider, Provider)  # the contract: send_raw and aclose
+        answer = await provider.send_raw(spec, body(fmt, spec.upstream, temperature=0.5), stream=False)
+        assert json.loads(answer.content) == answer.body  # the upstream's bytes, parsed once
+        events = await drain(await provider.send_raw(spec, body(fmt, spec.upstream), stream=True))
+        return answer.body, events
 
     answer, events = run(go)
     if fmt == "openai":
@@ -78,7 +86,7 @@ def test_send_and_stream_through_the_sdks(fake, fake_server, fmt):
         assert answer["content"][0]["text"] == "one two three"
         assert answer["usage"]["output_tokens"] == 3
         assert [e["type"] for e in events][-2:] == ["message_delta", "message_stop"]
-    # the upstream key went to the upstream, and a field unknown to the SDK went through extra_body
+    # the upstream key went to the upstream, and the body's fields went as they were
     call = fake.calls[0]
     assert call.body["temperature"] == 0.5
     key = OPENAI_UPSTREAM_KEY if fmt == "openai" else ANTHROPIC_UPSTREAM_KEY
@@ -101,7 +109,7 @@ def test_status_errors_map_to_the_hierarchy(fake, fake_server, fmt, behavior, er
 
     async def go(p):
         with pytest.raises(error) as info:
-            await p.get(spec).send(spec, body(fmt, spec.upstream), stream=False)
+            await p.get(spec).send_raw(spec, body(fmt, spec.upstream), stream=False)
         return info.value
 
     exc = run(go)
@@ -117,7 +125,7 @@ def test_wrong_upstream_key_is_an_auth_error_that_never_echoes_the_key(fake, fak
         p = ProviderPool({fmt: UpstreamSettings(api_key=wrong)}, env={})
         try:
             with pytest.raises(UpstreamAuthError) as info:
-                await p.get(spec).send(spec, body(fmt, spec.upstream), stream=False)
+                await p.get(spec).send_raw(spec, body(fmt, spec.upstream), stream=False)
             return info.value
         finally:
             await p.aclose()
@@ -133,9 +141,9 @@ def test_broken_streams_raise_stream_errors(fake, fake_server, fmt, fault):
     fake.configure(spec.upstream, text="a b c d e f g h", **fault)
 
     async def go(p):
-        events = await p.get(spec).send(spec, body(fmt, spec.upstream), stream=True)
+        stream = await p.get(spec).send_raw(spec, body(fmt, spec.upstream), stream=True)
         with pytest.raises(UpstreamStreamError):
-            await drain(events)
+            await drain(stream)
 
     run(go)
 
@@ -146,7 +154,7 @@ def test_slow_headers_time_out(fake, fake_server):
 
     async def go(p):
         with pytest.raises(UpstreamTimeout):
-            await p.get(spec).send(spec, body("openai", spec.upstream), stream=False)
+            await p.get(spec).send_raw(spec, body("openai", spec.upstream), stream=False)
 
     run(go, timeout=0.3)
 

@@ -2,8 +2,9 @@
 
 ``ProviderPool.get(spec)`` returns the :class:`Provider` for a catalog model
 (OpenAI Chat Completions for ``openai``/``openai-compatible``, Anthropic
-Messages for ``anthropic``); ``await provider.send(spec, body, stream=...)``
-calls it through the official SDK. Failures are :mod:`models.providers.errors`.
+Messages for ``anthropic``); ``await provider.send_raw(spec, body, stream=...)``
+calls it through the official SDK and returns the upstream's answer or stream
+(:mod:`models.providers.raw`). Failures are :mod:`models.providers.errors`.
 SDKs are imported only when a client is first built.
 """
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import anthropic
 
-from models.providers.errors import UpstreamError, UpstreamStreamError, anthropic_stream_error, status_error
+from models.providers.errors import UpstreamError, UpstreamStreamError, status_error
 from models.providers.raw import anthropic_event
 from models.providers.sdk import SDKProvider, map_transport_error
 
@@ -16,9 +16,6 @@ def map_anthropic_error(exc: Exception, model: str) -> UpstreamError:
     if transport is not None:
         return transport
     if isinstance(exc, anthropic.APIStatusError):
-        # An ``event: error`` inside a 200 stream becomes an APIStatusError with status 200.
-        if exc.status_code < 400:
-            return anthropic_stream_error(exc.body, model)
         return status_error(exc.status_code, exc.body, model=model, headers=exc.response.headers, fallback=exc.message)
     return UpstreamStreamError(f"malformed response from the upstream of model {model!r}", model=model)
 
@@ -28,13 +25,9 @@ class AnthropicProvider(SDKProvider):
 
     wire_format = "anthropic"
     path = PATH
-    sdk = anthropic
     base_error = anthropic.AnthropicError
     map_error = staticmethod(map_anthropic_error)
     event_parser = staticmethod(anthropic_event)
     # An explicit timeout also skips the SDK's "use streaming for long requests" guard,
     # which would refuse a large max_tokens before any call is made.
     default_timeout = 600.0
-
-    def typed_method(self):
-        return self.client.messages.create

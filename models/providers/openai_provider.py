@@ -17,8 +17,6 @@ def map_openai_error(exc: Exception, model: str) -> UpstreamError:
         return transport
     if isinstance(exc, openai.APIStatusError):
         return status_error(exc.status_code, exc.body, model=model, headers=exc.response.headers, fallback=exc.message)
-    if isinstance(exc, openai.APIError):  # an error event inside a stream
-        return UpstreamStreamError(f"upstream stream of model {model!r} failed: {exc.message}", model=model)
     return UpstreamStreamError(f"malformed response from the upstream of model {model!r}", model=model)
 
 
@@ -27,10 +25,6 @@ class OpenAIProvider(SDKProvider):
 
     wire_format = "openai"
     path = PATH
-    sdk = openai
     base_error = openai.OpenAIError
     map_error = staticmethod(map_openai_error)
     event_parser = staticmethod(openai_event)
-
-    def typed_method(self):
-        return self.client.chat.completions.create

@@ -21,8 +21,8 @@ Stream semantics follow the SDKs' own stream classes: OpenAI ends at
 ``data: [DONE]`` (the rest of the body is drained, so the connection is
 reused) and raises on a ``{"error": ...}`` event; Anthropic skips unnamed
 events and ``ping`` and raises on ``event: error``; a cut connection, a
-malformed event or a read timeout raise the same :mod:`models.providers.errors`
-as the typed path, after the events read before the failure were returned.
+malformed event or a read timeout raise :mod:`models.providers.errors`
+classes, after the events read before the failure were returned.
 """
 
 from __future__ import annotations

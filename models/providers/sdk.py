@@ -1,12 +1,12 @@
-"""What the two SDK providers share: the calls through a pooled SDK client and the mapping of their failures.
+"""What the two SDK providers share: the call through a pooled SDK client and the mapping of its failures.
 
-:class:`SDKProvider` sends a request through the SDK's typed method
-(``send``) or its low-level ``post`` (``send_raw``), and turns the SDK's
-exceptions into :mod:`models.providers.errors` classes. A subclass names its
-SDK's exception classes, its typed method and its endpoint path, and maps a
-non-stream SDK error to an :class:`UpstreamError` (:meth:`map_error`): the
-two SDKs name the same failures alike, but each reports some of them its own
-way (an Anthropic ``event: error`` arrives as a status error with status 200).
+:class:`SDKProvider` sends a request through the SDK client's low-level
+``post`` (``send_raw``) and turns the SDK's exceptions into
+:mod:`models.providers.errors` classes. A subclass names its SDK's exception
+classes, its endpoint path and its stream dialect, and maps a non-stream SDK
+error to an :class:`UpstreamError` (:meth:`map_error`): the two SDKs name the
+same failures alike, but each reports some of them its own way (an Anthropic
+``event: error`` arrives as a status error with status 200).
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from typing import Any, ClassVar
 import httpx2
 
 from models.catalog import ModelSpec
-from models.providers.base import Body, EventStream, is_connection_failure, sdk_parameters, split_body
-from models.providers.errors import UpstreamConnectionError, UpstreamError, UpstreamStreamError, UpstreamTimeout
+from models.providers.base import Body, is_connection_failure
+from models.providers.errors import UpstreamConnectionError, UpstreamError, UpstreamTimeout
 from models.providers.raw import RawAnswer, RawStream, absolute_url, parse_answer
 
 
@@ -35,52 +35,34 @@ class SDKProvider:
 
     wire_format: ClassVar[str]
     path: ClassVar[str]  # the endpoint, relative to the client's base URL
-    sdk: ClassVar[Any]  # the SDK module: its APITimeoutError and APIConnectionError
     base_error: ClassVar[type[Exception]]  # every exception the SDK raises derives from it
     default_timeout: ClassVar[float | None] = None  # None: the SDK's own
 
     def __init__(self, client, *, timeout: float | None = None):
         self.client = client
         self.timeout = timeout
-        self._known = sdk_parameters(self.typed_method())
         self._url = absolute_url(client, self.path)
 
     # -- what a subclass says ---------------------------------------------------------
-    def typed_method(self):
-        """The SDK's typed method for this endpoint (``client.chat.completions.create``, ...)."""
-        raise NotImplementedError
-
     @staticmethod
     def map_error(exc: Exception, model: str) -> UpstreamError:
         raise NotImplementedError
 
     @staticmethod
-    def event_parser(data: bytes):
+    def event_parser(name: str | None, data: bytes, raw: bytes, model: str):
+        """The stream dialect: a parsed SSE block to an event, None (skip), DONE, or an UpstreamError."""
         raise NotImplementedError
 
-    # -- the calls ----------------------------------------------------------------------
+    # -- the call -----------------------------------------------------------------------
     def _options(self) -> dict[str, Any]:
         timeout = self.timeout if self.timeout is not None else self.default_timeout
         return {"timeout": timeout} if timeout is not None else {}
 
-    async def send(self, spec: ModelSpec, body: Body, *, stream: bool) -> Body | EventStream:
-        kwargs, extra = split_body(body, self._known)
-        options = self._options()
-        if extra:
-            options["extra_body"] = extra
-        try:
-            result = await self.typed_method()(**kwargs, stream=stream, **options)
-        except self.base_error as exc:
-            raise self.map_error(exc, spec.id) from exc
-        if not stream:
-            return result.to_dict(mode="json")
-        return self._events(result, spec.id)
-
     async def send_raw(self, spec: ModelSpec, body: Body, *, stream: bool) -> RawAnswer | RawStream:
-        """``send`` without the SDK's typed layer: the body goes as it is, the answer comes back as the upstream's bytes.
+        """The body as it is, through the SDK's low-level ``post``; the answer as the upstream's bytes.
 
-        Through the same pooled SDK client (its low-level ``post``): same URL, auth,
-        timeout, retries and error mapping as ``send``. See :mod:`models.providers.raw`.
+        Through the pooled SDK client: its URL, auth, timeout, retries and error
+        mapping. See :mod:`models.providers.raw`.
         """
         try:
             response = await self.client.post(
@@ -91,23 +73,6 @@ class SDKProvider:
         if not stream:
             return parse_answer(response.content, spec.id)
         return RawStream(response, spec.id, self.event_parser)
-
-    async def _events(self, stream, model: str) -> EventStream:
-        try:
-            async for event in stream:
-                yield event.to_dict(mode="json")
-        except self.sdk.APITimeoutError as exc:
-            if is_connection_failure(exc):
-                raise UpstreamStreamError(f"stream of model {model!r} was cut", model=model) from exc
-            raise UpstreamTimeout(f"stream of model {model!r} stalled", model=model) from exc
-        except (self.sdk.APIConnectionError, httpx2.HTTPError) as exc:
-            raise UpstreamStreamError(f"stream of model {model!r} was cut", model=model) from exc
-        except self.base_error as exc:
-            raise self.map_error(exc, model) from exc
-        except ValueError as exc:  # JSONDecodeError: a malformed event
-            raise UpstreamStreamError(f"malformed stream event from model {model!r}", model=model) from exc
-        finally:
-            await stream.close()
 
     async def aclose(self) -> None:
         await self.client.close()
