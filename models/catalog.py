@@ -64,6 +64,10 @@ class ModelSpec:
     api_key_env: str | None = None
     max_output_tokens: int | None = None
     vendor: str | None = None
+    # Whether the upstream continues a trailing assistant message (a prefill), which lets a
+    # stream cut mid-answer be finished by this model. None: the provider's default
+    # (Anthropic: yes; OpenAI and OpenAI-compatible servers: no, as many start a new message).
+    assistant_prefill: bool | None = None
 
     @property
     def price(self) -> Price:
@@ -98,6 +102,8 @@ def _spec_from_entry(entry: Mapping, where: str) -> ModelSpec:
         )
     for key in ("input_usd_per_mtok", "output_usd_per_mtok"):
         data[key] = _non_negative(data[key], where, key)
+    if data.get("assistant_prefill") is not None and not isinstance(data["assistant_prefill"], bool):
+        raise CatalogError(f"{where}: field 'assistant_prefill' must be true or false, got {data['assistant_prefill']!r}")
     for key in ("context_window", "max_output_tokens"):
         if data.get(key) is not None:
             try:

@@ -9,11 +9,13 @@ whatever its end: answered, refused (budget), failed upstream, failed inside
 thrifty, or abandoned by its client.
 
 The request's deadline starts when it arrives; fail-over is the dispatcher's
-(:mod:`serving.dispatch`). A stream that fails after its first bytes reached
-the client ends with an error event in the client's dialect (OpenAI:
-``data: {"error": {...}}``, Anthropic: ``event: error``), never with
-``[DONE]`` or ``message_stop``: the SDKs raise instead of returning a
-truncated answer as complete, and the record says ``error``.
+(:mod:`serving.dispatch`), along the decision's candidates and then the
+request's fallback models (:func:`fallback_models`). A stream that fails
+after its first bytes reached the client is continued by the next candidate
+when it can be (:mod:`serving.recovery`); otherwise it ends with an error
+event in the client's dialect (OpenAI: ``data: {"error": {...}}``, Anthropic:
+``event: error``), never with ``[DONE]`` or ``message_stop``: the SDKs raise
+instead of returning a truncated answer as complete, and the record says ``error``.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import anyio
 from fastapi import Request
 from fastapi.responses import Response
 
+from models.catalog import ModelSpec
 from models.providers import UpstreamError, UpstreamStreamError
 from router.decision import Decision
 from serving import sse
@@ -35,7 +38,7 @@ from serving.errors import InvalidRequest, ServingError, error_body, from_upstre
 from serving.fastjson import dumps
 from serving.reliability import Deadline, failover_order
 from serving.prompt import routing_text
-from serving.routing import Constraints
+from serving.routing import PASSTHROUGH, Constraints
 from serving.schemas import ThriftyOptions
 from serving.services import Services
 from serving.store import DecisionRecord
@@ -97,17 +100,22 @@ def _metadata_task(body: Body | None) -> str | None:
     return task if isinstance(task, str) and task else None
 
 
-def decision_headers(decision_id: str, decision: Decision, answered: str | None = None) -> dict[str, str]:
-    model = answered or decision.model
-    candidate = next((c for c in decision.candidates if c.model == model), decision.chosen)
+def decision_headers(decision_id: str, decision: Decision, answered: ModelSpec | None = None) -> dict[str, str]:
+    model = answered.id if answered is not None else decision.model
+    candidate = next((c for c in decision.candidates if c.model == model), None)
+    if candidate is None:  # a fallback model the router did not score: the chosen model's token estimates, its price
+        chosen = decision.chosen
+        expected_cost, p_success = answered.cost(chosen.expected_input_tokens, chosen.expected_output_tokens), math.nan
+    else:
+        expected_cost, p_success = candidate.expected_cost, candidate.p_success
     headers = {
         "x-thrifty-decision-id": decision_id,
         "x-thrifty-model": model,
-        "x-thrifty-expected-cost": f"{candidate.expected_cost:.8f}",
+        "x-thrifty-expected-cost": f"{expected_cost:.8f}",
         "x-thrifty-policy": decision.policy,
     }
-    if math.isfinite(candidate.p_success):
-        headers["x-thrifty-p-success"] = f"{candidate.p_success:.4f}"
+    if math.isfinite(p_success):
+        headers["x-thrifty-p-success"] = f"{p_success:.4f}"
     if decision.router_version:
         headers["x-thrifty-router-version"] = decision.router_version
     return headers
@@ -154,6 +162,29 @@ def new_record(
     )
 
 
+def fallback_models(services: Services, decision: Decision, options: ThriftyOptions | None,
+                    constraints: Constraints) -> list[str]:
+    """The models a request may fail over to after its decision's candidates.
+
+    The request's ``thrifty.fallback_models`` if given (``[]``: none); else, for a
+    model requested by id, the config's ``fallbacks`` of that model. Models outside
+    the request's ``allowed_models`` are left out.
+    """
+    if options is not None and options.fallback_models is not None:
+        unknown = [m for m in options.fallback_models if m not in services.catalog]
+        if unknown:
+            raise InvalidRequest(f"thrifty.fallback_models names unknown model(s): {', '.join(unknown)}",
+                                 param="thrifty.fallback_models")
+        models = list(options.fallback_models)
+    elif decision.policy == PASSTHROUGH:
+        models = list(services.config.fallbacks.get(decision.model, ()))
+    else:
+        models = []
+    if constraints.allowed_models is not None:
+        models = [m for m in models if m in constraints.allowed_models]
+    return models
+
+
 async def decide(services: Services, requested: str, text: str, constraints: Constraints) -> Decision:
     started = time.perf_counter()
     decision = await services.decisions.decide(requested, text, constraints)
@@ -178,17 +209,18 @@ async def handle_completion(
         services, decision_id=decision_id, endpoint=endpoint, client=client, requested=requested, text=text,
         decision=decision, constraints=constraints, stream=stream, status="ok",
     )
-    candidates = failover_order(decision, include_unacceptable=services.config.failover_to_unacceptable)
     started = time.perf_counter()
     try:
+        candidates = failover_order(decision, include_unacceptable=services.config.failover_to_unacceptable,
+                                    fallbacks=fallback_models(services, decision, options, constraints))
         if services.budgets is not None and services.budgets.enabled:
-            record.reservation = await services.budgets.admit(client, decision_id, body, decision.ranking)
+            reachable = [*decision.ranking, *candidates]
+            record.reservation = await services.budgets.admit(client, decision_id, body, reachable)
         if stream:
             include_usage = bool((body.get("stream_options") or {}).get("include_usage")) if fmt == "openai" else False
             opened = await services.dispatcher.open_stream(
                 fmt, body, candidates, record.attempts,
-                include_usage=include_usage, keep_text=services.config.store_responses,
-                deadline=deadline, ranking=decision.ranking,
+                include_usage=include_usage, deadline=deadline, ranking=decision.ranking,
             )
         else:
             answer = await services.dispatcher.complete(
@@ -216,10 +248,10 @@ async def handle_completion(
             await services.store.write(record)
         raise
 
-    headers = {**decision_headers(decision_id, decision, answered=(opened if stream else answer).spec.id),
+    headers = {**decision_headers(decision_id, decision, answered=(opened if stream else answer).spec),
                **_attempt_headers(record)}
     if not stream:
-        _finish_record(services, record, answer.spec, answer.usage, started, answer.finish_reason, answer.text)
+        _finish_record(services, record, [(answer.spec, answer.usage)], started, answer.finish_reason, answer.text)
         await services.store.write(record)
         return Response(answer.raw if answer.raw is not None else dumps(answer.body), headers=headers,
                         media_type="application/json")
@@ -233,27 +265,34 @@ def _attempt_headers(record: DecisionRecord) -> dict[str, str]:
     return {"x-thrifty-attempts": str(calls)}
 
 
-def _finish_record(services: Services, record: DecisionRecord, spec, usage: Usage, started: float,
+def _finish_record(services: Services, record: DecisionRecord, parts: list[tuple[ModelSpec, Usage]], started: float,
                    finish_reason: str | None, text: str | None) -> None:
-    record.answered_model = spec.id
-    record.input_tokens, record.output_tokens = usage.input_tokens, usage.output_tokens
-    record.cost_usd = spec.cost(usage.input_tokens, usage.output_tokens)
+    """The answer in the record: ``parts``, the model and usage of each upstream answer it was made of
+    (one, or a stream and its continuations); the last one answered."""
+    metrics = services.metrics
+    record.answered_model = parts[-1][0].id
+    record.input_tokens = record.output_tokens = 0
+    record.cost_usd = 0.0
+    for spec, usage in parts:
+        cost = spec.cost(usage.input_tokens, usage.output_tokens)
+        record.input_tokens += usage.input_tokens
+        record.output_tokens += usage.output_tokens
+        record.cost_usd += cost
+        metrics.child(metrics.spend, spec.id).inc(cost)
+        metrics.child(metrics.tokens, spec.id, "input").inc(usage.input_tokens)
+        metrics.child(metrics.tokens, spec.id, "output").inc(usage.output_tokens)
     record.latency_s = time.perf_counter() - started
     record.finish_reason = finish_reason
     if services.config.store_responses:
         record.response = text
-    metrics = services.metrics
-    metrics.child(metrics.spend, spec.id).inc(record.cost_usd)
-    metrics.child(metrics.tokens, spec.id, "input").inc(usage.input_tokens)
-    metrics.child(metrics.tokens, spec.id, "output").inc(usage.output_tokens)
 
 
 async def _stream_events(services: Services, fmt: str, opened, record: DecisionRecord, started: float) -> AsyncIterator[bytes]:
     """The SSE body: client-format events, the record committed before the final event.
 
-    A failure after the first bytes ends the stream with an error event, never with the final event.
+    A failure after the first bytes that the dispatcher could not recover from ends the stream with
+    an error event, never with the final event.
     """
-    attempt = record.attempts[-1]
     written = False
 
     async def finish(error: UpstreamError | None, status: str = "ok") -> None:
@@ -261,9 +300,8 @@ async def _stream_events(services: Services, fmt: str, opened, record: DecisionR
         if written:
             return
         written = True
-        watcher = opened.watcher
-        services.dispatcher.finish_attempt(attempt, opened.spec, watcher.usage, error, verdict=status != "client_closed")
-        _finish_record(services, record, opened.spec, watcher.usage, started, watcher.finish_reason, watcher.text)
+        opened.finish(error, verdict=status != "client_closed")
+        _finish_record(services, record, opened.parts(), started, opened.finish_reason, opened.text)
         if error is not None:
             record.status, record.error_kind = "error", error.kind
         elif status != "ok":
@@ -297,8 +335,8 @@ async def _stream_events(services: Services, fmt: str, opened, record: DecisionR
         error = from_upstream(exc, services.secrets)
         yield sse.encode_error(fmt, error_body(fmt, error))
     except Exception:
-        log.exception("stream of model %s failed inside thrifty", opened.spec.id)
-        failure = UpstreamStreamError("internal error in thrifty while streaming", model=opened.spec.id)
+        log.exception("stream of model %s failed inside thrifty", opened.answered.id)
+        failure = UpstreamStreamError("internal error in thrifty while streaming", model=opened.answered.id)
         failure.kind = "internal"
         await finish(failure)
         yield sse.encode_error(fmt, error_body(fmt, ServingError("internal error in thrifty while streaming")))

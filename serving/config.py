@@ -107,12 +107,34 @@ class ServingConfig(BaseSettings):
     # reliability: fail-over along the decision's ranking, deadlines, circuit breakers, graceful drain
     deadline_s: float = Field(default=60.0, gt=0, description="time to answer a request (a stream: to its first byte)")
     attempt_timeout_s: float = Field(default=30.0, gt=0, description="one non-streaming upstream call, whole answer")
-    first_token_timeout_s: float = Field(default=20.0, gt=0, description="one streaming call: headers and first token")
+    first_token_timeout_s: float = Field(
+        default=15.0, gt=0,
+        description="one streaming call: headers and first token; a slower upstream fails over to the next candidate",
+    )
     stream_idle_timeout_s: float = Field(default=30.0, gt=0, description="silence inside a stream that counts as a stall")
     retry_after_max_s: float = Field(default=5.0, ge=0, description="longest upstream Retry-After waited for (else fail over)")
+    same_model_retries: int = Field(
+        default=1, ge=0,
+        description="calls of the same model again after a transient failure (HTTP 500/502/503/504, connection reset), "
+        "within max_attempts and the deadline, before the next candidate",
+    )
     failover_to_unacceptable: bool = Field(default=False, description="also fail over to models the policy ranks unacceptable")
+    fallbacks: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="catalog model id -> catalog ids to fail over to, in order, when that model is requested by id "
+        "(a request's thrifty.fallback_models replaces the list)",
+    )
+    mid_stream_recovery: bool = Field(
+        default=True,
+        description="a text stream that fails after tokens reached the client is continued by the next candidate "
+        "(README: Reliability guarantees); off: it ends with an error event",
+    )
     breaker_failures: int = Field(default=5, ge=1, description="consecutive failures that take a model out")
-    breaker_cooldown_s: float = Field(default=30.0, gt=0, description="time out before a probe request")
+    breaker_cooldown_s: float = Field(default=2.0, gt=0, description="first time out before a probe request")
+    breaker_max_cooldown_s: float = Field(
+        default=60.0, gt=0, description="longest time out: each failed probe multiplies it by breaker_backoff up to this"
+    )
+    breaker_backoff: float = Field(default=2.0, ge=1, description="factor of the time out after each failed probe")
     graceful_shutdown_s: float = Field(default=30.0, gt=0, description="on SIGTERM: time for in-flight requests to finish")
     access_log: bool = Field(
         default=False,

@@ -1,10 +1,13 @@
 """Sends a request to the ranked candidates of a decision, translating formats where needed.
 
 Fail-over: the dispatcher calls the candidates in order (:func:`serving.reliability.failover_order`:
-the chosen model, then the other acceptable ones) and makes at most
-``max_attempts`` upstream calls, all within the request's :class:`Deadline`:
+the chosen model, then the other acceptable ones, then the request's fallback
+models) and makes at most ``max_attempts`` upstream calls, all within the
+request's :class:`Deadline`:
 
-* connection refused or reset, no answer within the per-attempt timeout,
+* 500, 502, 503, 504 or a reset connection: the same model once more
+  (``same_model_retries``), if its breaker is still closed; then the next candidate;
+* connection refused, no answer within the per-attempt timeout, any other
   5xx, an upstream auth failure, a stream that fails *before its first
   token* (cut, stalled, malformed, empty): the next candidate;
 * 429: with a ``Retry-After`` of at most ``retry_after_max_s`` that fits in
@@ -20,8 +23,13 @@ Each call is bounded by ``min(attempt timeout, time left)``: the whole answer
 (``attempt_timeout_s``) or, for a stream, its headers and first token
 (``first_token_timeout_s``). A stream is read up to its first token before
 the response starts, so every failure until then still fails over; after
-that, a silence longer than ``stream_idle_timeout_s`` ends it as stalled and
-the client gets an error event (:mod:`serving.completion`).
+that, a silence longer than ``stream_idle_timeout_s`` ends it as stalled.
+A text stream that fails after its first token is *continued* by the next
+candidate (``mid_stream_recovery``, :mod:`serving.recovery`), under the same
+rules, with a fresh deadline; a stream that cannot be continued ends with an
+error event (:mod:`serving.completion`). A stream that ends after its finish
+(OpenAI ``finish_reason``, Anthropic ``message_delta``) but without its
+terminator (``[DONE]``, ``message_stop``) is complete: the terminator is sent.
 
 Every call is appended to the caller's ``attempts`` list, so the store records each one.
 
@@ -43,34 +51,49 @@ import logging
 import time
 from contextlib import aclosing
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Sequence
+from typing import Any, AsyncIterator, Callable, Sequence
 
 from models.catalog import Catalog, ModelSpec
 from models.providers import (
     ContextLengthExceeded,
     MissingUpstreamKey,
     ProviderPool,
+    UpstreamBadRequest,
     UpstreamError,
     UpstreamRateLimited,
     UpstreamStreamError,
     UpstreamTimeout,
 )
+from models.providers.base import Provider, supports_prefill
 from models.providers.raw import RawStream, SSEEvent
+from models.tokens import count_tokens
 from serving import sse, translate
-from serving.errors import BadGateway, GatewayTimeout, InvalidRequest, ModelsUnavailable
+from serving.errors import BadGateway, GatewayTimeout, InvalidRequest, ModelsUnavailable, ServingError
 from serving.metrics import Metrics
-from serving.reliability import BREAKER_KINDS, Breakers, Deadline, fails_over
+from serving.recovery import (
+    PrefixMatcher,
+    Splicer,
+    Transcript,
+    client_finish,
+    continuation_text,
+    estimated,
+    recoverable_request,
+    split_prefill,
+    with_prefill,
+)
+from serving.reliability import BREAKER_KINDS, CLOSED, Breakers, Deadline, fails_over, retries_same_model
 from serving.store import AttemptRecord
 from serving.usage import StreamWatcher, Usage, finish_of, text_of_response, usage_of
 
 log = logging.getLogger("thrifty.serving")
 
 Body = dict[str, Any]
-MIN_ATTEMPT_S = 0.5  # a Retry-After is waited for only if at least this much time is left after it
+MIN_ATTEMPT_S = 0.5  # a retry (after a Retry-After, or of a transient failure) needs at least this much time left
 # No call starts with less time left than this: no model answers that fast, and an attempt's
 # timer may fire a millisecond before the deadline (the loop rounds timers), which would
 # otherwise leave a sliver of time for one more call that can only time out.
 MIN_CALL_S = 0.05
+_MESSAGE_STOP = sse.encode("anthropic", {"type": "message_stop"})
 
 
 @dataclass
@@ -84,18 +107,89 @@ class Answer:
 
 
 @dataclass
-class StreamAnswer:
-    """An opened stream. ``events`` yields, in the client's format, either event dicts (translated streams)
-    or ``(bytes, final)`` pairs: SSE bytes ready to send (passthrough), ``final`` marking the part that
-    ends the answer (it carries Anthropic's ``message_stop``; for OpenAI, ``[DONE]`` is to follow it)."""
+class Segment:
+    """One upstream stream's part of a streamed answer: the first stream, or a continuation."""
 
     spec: ModelSpec
-    events: AsyncIterator[Body | tuple[bytes, bool]]
-    watcher: StreamWatcher  # on the upstream's events: usage, finish, completeness
+    attempt: AttemptRecord
+    watcher: StreamWatcher  # on the upstream's events: usage, finish, completeness, the text it produced
+    items: AsyncIterator[Body | tuple[bytes, bool]] | None = None
+    closed: bool = False
 
 
-class _Exhausted(Exception):
-    """No call left to make (internal)."""
+class StreamAnswer:
+    """An opened stream. ``events`` yields, in the client's format, either event dicts (translated streams)
+    or ``(bytes, final)`` pairs: SSE bytes ready to send (passthrough and continuations), ``final``
+    marking the part that ends the answer (it carries Anthropic's ``message_stop``; for OpenAI,
+    ``[DONE]`` is to follow it). A stream that fails mid-way goes on with a continuation
+    (:meth:`Dispatcher._answer_events`); ``segments`` are the upstream streams it was made of.
+
+    The caller ends it with :meth:`finish` once the stream is over (before sending the final part).
+    """
+
+    def __init__(self, dispatcher: "Dispatcher", client_format: str, body: Body, run: "_Run", include_usage: bool):
+        self.dispatcher = dispatcher
+        self.client_format = client_format
+        self.body = body
+        self.run = run
+        self.include_usage = include_usage
+        self.recover = dispatcher.mid_stream_recovery and recoverable_request(body)
+        self.transcript = Transcript(client_format)
+        self.segments: list[Segment] = []
+        self.events: AsyncIterator[Body | tuple[bytes, bool]] = dispatcher._answer_events(self)
+
+    @property
+    def spec(self) -> ModelSpec:
+        """The model the stream started with (named in the response headers and the stream)."""
+        return self.segments[0].spec
+
+    @property
+    def answered(self) -> ModelSpec:
+        """The model that wrote the end of the answer."""
+        return self.segments[-1].spec
+
+    @property
+    def finish_reason(self) -> str | None:
+        return self.segments[-1].watcher.finish_reason
+
+    @property
+    def text(self) -> str:
+        """The answer's text as the client received it."""
+        return self.transcript.text
+
+    def parts(self) -> list[tuple[ModelSpec, Usage]]:
+        """Model and usage of each stream the answer was made of."""
+        return [(s.spec, s.watcher.usage) for s in self.segments]
+
+    def usage(self) -> Usage:
+        return Usage(sum(s.watcher.usage.input_tokens for s in self.segments),
+                     sum(s.watcher.usage.output_tokens for s in self.segments))
+
+    def recoverable(self, exc: UpstreamError) -> bool:
+        return self.recover and self.transcript.plain and fails_over(exc)
+
+    def finish(self, error: UpstreamError | None, *, verdict: bool = True) -> None:
+        """Close the stream's last attempt (``verdict=False``: the client left, no health verdict on the model)."""
+        self.dispatcher._close(self, self.segments[-1], error, verdict=verdict)
+
+
+class _Run:
+    """The fail-over state of one request: what is left to try, what was tried, the time left."""
+
+    def __init__(self, candidates: Sequence[str], ranking: Sequence[str], attempts: list[AttemptRecord], deadline: Deadline):
+        self.pending = list(dict.fromkeys(candidates))
+        self.spare = [m for m in dict.fromkeys(ranking) if m not in self.pending]  # for context-length escalation only
+        self.attempts = attempts
+        self.deadline = deadline
+        self.done: set[str] = set()  # models not to call again
+        self.waited: set[str] = set()  # models already retried after their Retry-After
+        self.retried: dict[str, int] = {}  # same-model retries after a transient failure, by model
+        self.prefilled: set[str] = set()  # models whose current call carries an assistant prefill
+        self.no_prefill: set[str] = set()  # models that refused one
+        self.context: tuple[str, int] | None = None  # (model, context window) of a context-length failure
+        self.skipped: list[str] = []
+        self.last: UpstreamError | None = None
+        self.calls = 0
 
 
 class Dispatcher:
@@ -110,9 +204,11 @@ class Dispatcher:
         breakers: Breakers | None = None,
         deadline_s: float = 60.0,
         attempt_timeout_s: float = 30.0,
-        first_token_timeout_s: float = 20.0,
+        first_token_timeout_s: float = 15.0,
         stream_idle_timeout_s: float = 30.0,
         retry_after_max_s: float = 5.0,
+        same_model_retries: int = 1,
+        mid_stream_recovery: bool = True,
     ):
         self.catalog = catalog
         self.pool = pool
@@ -125,6 +221,8 @@ class Dispatcher:
         self.first_token_timeout_s = first_token_timeout_s
         self.stream_idle_timeout_s = stream_idle_timeout_s
         self.retry_after_max_s = retry_after_max_s
+        self.same_model_retries = same_model_retries
+        self.mid_stream_recovery = mid_stream_recovery
 
     # -- request bodies ------------------------------------------------------------
     def upstream_body(self, client_format: str, body: Body, spec: ModelSpec, *, stream: bool) -> Body:
@@ -162,8 +260,8 @@ class Dispatcher:
         deadline: Deadline | None = None,
         ranking: Sequence[str] = (),
     ) -> Answer:
-        async def call(spec: ModelSpec, upstream_body: Body, attempt: AttemptRecord, timeout: float) -> Answer:
-            provider = self.pool.get(spec)
+        async def call(provider: Provider, spec: ModelSpec, upstream_body: Body, attempt: AttemptRecord,
+                       timeout: float) -> Answer:
             try:
                 async with asyncio.timeout(timeout):
                     result, content = await provider.send_raw(spec, upstream_body, stream=False)
@@ -182,9 +280,12 @@ class Dispatcher:
                 raw=content if forward else None,
             )
 
-        return await self._failover(
-            client_format, body, candidates, attempts, deadline, ranking, call, stream=False, timeout=self.attempt_timeout_s
-        )
+        run = _Run(candidates, ranking, attempts, deadline or Deadline(self.deadline_s))
+
+        def build(spec: ModelSpec, provider: Provider) -> Body:
+            return self.upstream_body(client_format, body, spec, stream=False)
+
+        return await self._failover(run, build, call, stream=False, timeout=self.attempt_timeout_s)
 
     async def open_stream(
         self,
@@ -194,25 +295,42 @@ class Dispatcher:
         attempts: list[AttemptRecord],
         *,
         include_usage: bool = False,
-        keep_text: bool = False,
         deadline: Deadline | None = None,
         ranking: Sequence[str] = (),
     ) -> StreamAnswer:
         """Open the upstream stream and read it up to its first token; the rest is read later, by the response."""
+        run = _Run(candidates, ranking, attempts, deadline or Deadline(self.deadline_s))
+        answer = StreamAnswer(self, client_format, body, run, include_usage)
 
-        async def call(spec: ModelSpec, upstream_body: Body, attempt: AttemptRecord, timeout: float) -> StreamAnswer:
-            return await self._open_raw(self.pool.get(spec), client_format, spec, upstream_body, attempt, timeout,
-                                        include_usage=include_usage, keep_text=keep_text)
+        async def call(provider: Provider, spec: ModelSpec, upstream_body: Body, attempt: AttemptRecord,
+                       timeout: float) -> Segment:
+            transcript = Transcript(client_format)  # of this attempt only: a failed one leaves no trace
+            track = transcript.observer(spec.wire_format)
+            raw, head, watcher, idle = await self._open(provider, spec, upstream_body, attempt, timeout, track)
+            answer.transcript = transcript
+            wire = spec.wire_format
+            if wire != client_format:  # translated: event dicts through the translator
+                events = _raw_dicts(head, raw, watcher, idle, track)
+                if client_format == "openai":
+                    items = translate.anthropic_stream_to_openai(events, model=spec.id, include_usage=include_usage)
+                else:
+                    items = translate.openai_stream_to_anthropic(events, model=spec.id)
+            elif wire == "openai":
+                items = _openai_passthrough(head, raw, watcher, idle, track, spec.id, include_usage)
+            else:
+                items = _anthropic_passthrough(head, raw, watcher, idle, track, spec.id)
+            return Segment(spec, attempt, watcher, items)
 
-        return await self._failover(
-            client_format, body, candidates, attempts, deadline, ranking, call, stream=True,
-            timeout=self.first_token_timeout_s,
-        )
+        def build(spec: ModelSpec, provider: Provider) -> Body:
+            return self.upstream_body(client_format, body, spec, stream=True)
 
-    async def _open_raw(self, provider, client_format: str, spec: ModelSpec, upstream_body: Body, attempt: AttemptRecord,
-                        timeout: float, *, include_usage: bool, keep_text: bool) -> StreamAnswer:
-        """``open_stream``'s call: events read a network read at a time, bytes forwarded."""
-        watcher = StreamWatcher(spec.wire_format, keep_text=keep_text)
+        answer.segments.append(await self._failover(run, build, call, stream=True, timeout=self.first_token_timeout_s))
+        return answer
+
+    async def _open(self, provider: Provider, spec: ModelSpec, upstream_body: Body, attempt: AttemptRecord,
+                    timeout: float, track: Callable[[Body], None] | None = None):
+        """Send a streaming request and read it up to its first token: (stream, events read, watcher, idle timer)."""
+        watcher = StreamWatcher(spec.wire_format, keep_text=True)
         idle = IdleTimer(self.stream_idle_timeout_s, spec.id)
         wire = spec.wire_format
         raw: RawStream | None = None
@@ -229,6 +347,8 @@ class Dispatcher:
                     content = False
                     for event in events:
                         watcher.observe(event.data)
+                        if track is not None:
+                            track(event.data)
                         content = content or _carries_content(wire, event.data)
                     if content:
                         break
@@ -244,17 +364,78 @@ class Dispatcher:
                 await raw.aclose()
             self._usage_so_far(attempt, spec, watcher.usage)
             raise
-        if wire != client_format:  # translated: event dicts through the translator
-            events = _raw_dicts(head, raw, watcher, idle)
-            if client_format == "openai":
-                stream = translate.anthropic_stream_to_openai(events, model=spec.id, include_usage=include_usage)
-            else:
-                stream = translate.openai_stream_to_anthropic(events, model=spec.id)
-        elif wire == "openai":
-            stream = _openai_passthrough(head, raw, watcher, idle, spec.id, include_usage)
-        else:
-            stream = _anthropic_passthrough(head, raw, watcher, idle, spec.id)
-        return StreamAnswer(spec=spec, events=stream, watcher=watcher)
+        return raw, head, watcher, idle
+
+    # -- mid-stream recovery ------------------------------------------------------------------
+    async def _answer_events(self, answer: StreamAnswer) -> AsyncIterator[Body | tuple[bytes, bool]]:
+        """The client's stream: the current upstream stream; when it fails mid-way, a continuation from the next candidate.
+
+        When no continuation can be had, the first failure is raised (the one the client's answer broke on).
+        """
+        first: UpstreamError | None = None
+        while True:
+            segment = answer.segments[-1]
+            try:
+                async with aclosing(segment.items) as items:
+                    async for item in items:
+                        yield item
+                return
+            except UpstreamError as exc:
+                if not answer.recoverable(exc):
+                    if first is None:
+                        raise
+                    self._close(answer, segment, exc)  # a continuation that broke: recorded, the first failure reported
+                    raise first from None
+                failure = exc
+            first = first or failure
+            self._close(answer, segment, failure)
+            try:
+                await self._continue(answer, failure)
+            except (UpstreamError, ServingError) as exc:
+                log.warning("stream of model %s could not be continued: %s", first.model, exc)
+                raise first from None
+
+    async def _continue(self, answer: StreamAnswer, failure: UpstreamError) -> None:
+        """Open a continuation of ``answer`` after ``failure`` (fail-over rules, a fresh deadline) and make it current."""
+        run = answer.run
+        run.deadline = Deadline(self.deadline_s)
+        run.done.add(answer.segments[-1].spec.id)  # a stream that broke is not asked to finish its own answer
+        run.last = failure
+        delivered = answer.transcript.text
+        prefill, held = split_prefill(delivered)
+        spent = count_tokens(delivered) if prefill else 0
+        splicer = Splicer(answer.transcript, answer.spec.id, include_usage=answer.include_usage, created=int(time.time()))
+
+        def build(spec: ModelSpec, provider: Provider) -> Body:
+            body = self.upstream_body(answer.client_format, answer.body, spec, stream=True)
+            if prefill and spec.id not in run.no_prefill and supports_prefill(spec, provider):
+                run.prefilled.add(spec.id)
+                return with_prefill(body, prefill, spent_tokens=spent)
+            run.prefilled.discard(spec.id)
+            return body
+
+        async def call(provider: Provider, spec: ModelSpec, upstream_body: Body, attempt: AttemptRecord,
+                       timeout: float) -> Segment:
+            if spec.id in run.prefilled:  # it continues the prefill: only the whitespace held back may repeat
+                matcher = PrefixMatcher(held, strict=False, model=spec.id)
+            else:  # it answers anew: its answer must start with all that was delivered
+                matcher = PrefixMatcher(delivered, strict=True, model=spec.id)
+            raw, head, watcher, idle = await self._open(provider, spec, upstream_body, attempt, timeout)
+            items = _continuation(head, raw, watcher, idle, spec.id, matcher, splicer, answer)
+            return Segment(spec, attempt, watcher, items)
+
+        log.warning("stream of model %s failed after %d characters (%s); continuing it", failure.model,
+                    len(delivered), failure.kind)
+        answer.segments.append(await self._failover(run, build, call, stream=True, timeout=self.first_token_timeout_s))
+
+    def _close(self, answer: StreamAnswer, segment: Segment, error: UpstreamError | None, *, verdict: bool = True) -> None:
+        """Record a stream's attempt once it is over: its usage (estimated if the upstream never sent it), health."""
+        if segment.closed:
+            return
+        segment.closed = True
+        segment.watcher.usage = estimated(segment.watcher.usage, segment.watcher.text, answer.body,
+                                          partial=error is not None or not verdict)
+        self.finish_attempt(segment.attempt, segment.spec, segment.watcher.usage, error, verdict=verdict)
 
     def finish_attempt(
         self, attempt: AttemptRecord, spec: ModelSpec, usage: Usage, error: UpstreamError | None, *, verdict: bool = True
@@ -274,66 +455,67 @@ class Dispatcher:
                 self.metrics.stream_errors.labels(spec.id, error.kind).inc()
 
     # -- the fail-over loop ----------------------------------------------------------------
-    async def _failover(self, client_format, body, candidates, attempts, deadline, ranking, call, *, stream, timeout):
-        deadline = deadline or Deadline(self.deadline_s)
-        pending = list(dict.fromkeys(candidates))
-        spare = [m for m in dict.fromkeys(ranking) if m not in pending]  # for context-length escalation only
-        done: set[str] = set()  # models not to call again
-        waited: set[str] = set()  # models already retried after their Retry-After
-        context: tuple[str, int] | None = None  # (model, context window) of a context-length failure
-        skipped: list[str] = []
-        last: UpstreamError | None = None
-        calls = 0
-        while calls < self.max_attempts and deadline.remaining() > MIN_CALL_S:
-            model = self._next_model(pending, spare, done, context)
+    async def _failover(self, run: _Run, build: Callable[[ModelSpec, Provider], Body], call, *, stream: bool,
+                        timeout: float):
+        """Call the candidates of ``run`` (``build`` the body, ``call`` the model) until one answers."""
+        deadline = run.deadline
+        while run.calls < self.max_attempts and deadline.remaining() > MIN_CALL_S:
+            model = self._next_model(run)
             if model is None:
                 break
             spec = self.catalog.get(model)
             ticket = self.breakers.acquire(model)
             if ticket is None:  # circuit open: not called, but logged
-                done.add(model)
-                skipped.append(model)
-                attempts.append(AttemptRecord(model=model, ts=time.time(), latency_s=0.0, status="skipped",
-                                              error_kind="circuit_open"))
+                run.done.add(model)
+                run.skipped.append(model)
+                run.attempts.append(AttemptRecord(model=model, ts=time.time(), latency_s=0.0, status="skipped",
+                                                  error_kind="circuit_open"))
                 continue
             try:
-                upstream_body = self.upstream_body(client_format, body, spec, stream=stream)
-                self.pool.get(spec)
+                provider = self.pool.get(spec)
+                upstream_body = build(spec, provider)
             except MissingUpstreamKey:
                 self.breakers.release(model)
-                done.add(model)
-                attempts.append(AttemptRecord(model=model, ts=time.time(), latency_s=0.0, status="error", error_kind="config"))
+                run.done.add(model)
+                run.attempts.append(AttemptRecord(model=model, ts=time.time(), latency_s=0.0, status="error",
+                                                  error_kind="config"))
                 log.error("no upstream key for model %s: skipped", model)
                 continue
             except BaseException:
                 self.breakers.release(model)
                 raise
-            if last is not None:
-                self._note_failover(last, model)
+            if run.last is not None:
+                self._note_failover(run.last, model)
             attempt = AttemptRecord(model=model, ts=time.time())
-            attempts.append(attempt)
-            calls += 1
+            run.attempts.append(attempt)
+            run.calls += 1
             budget = deadline.bound(timeout)
             try:
-                result = await call(spec, upstream_body, attempt, budget)
+                result = await call(provider, spec, upstream_body, attempt, budget)
             except UpstreamError as exc:
                 self._failed(attempt, exc)
                 if isinstance(exc, UpstreamTimeout) and budget < timeout:
                     self.breakers.release(model)  # cut short by the request's deadline: no verdict on the model
                 else:
                     self._health(model, exc)
-                last = exc
+                run.last = exc
                 if isinstance(exc, ContextLengthExceeded):
-                    done.add(model)
-                    context = (model, max(spec.context_window or 0, context[1] if context else 0))
+                    run.done.add(model)
+                    run.context = (model, max(spec.context_window or 0, run.context[1] if run.context else 0))
+                    continue
+                if isinstance(exc, UpstreamBadRequest) and model in run.prefilled:
+                    run.no_prefill.add(model)  # it refused the assistant prefill: ask it once more without
                     continue
                 if not fails_over(exc):
                     raise
-                if isinstance(exc, UpstreamRateLimited) and self._may_wait(exc, deadline, model, waited, calls):
-                    waited.add(model)
+                if isinstance(exc, UpstreamRateLimited) and self._may_wait(exc, run, model):
+                    run.waited.add(model)
                     await asyncio.sleep(exc.retry_after)
                     continue
-                done.add(model)
+                if self._may_retry(exc, run, model):
+                    run.retried[model] = run.retried.get(model, 0) + 1
+                    continue
+                run.done.add(model)
                 continue
             except BaseException as exc:  # cancelled (client gone, shutdown) or a fault in thrifty: no verdict on the model
                 self.breakers.release(model)
@@ -344,34 +526,45 @@ class Dispatcher:
             if not stream:
                 self.breakers.success(model)  # a stream's verdict comes when it ends (finish_attempt)
             return result
-        raise self._exhausted(last, context, skipped, deadline, calls)
+        raise self._exhausted(run)
 
-    def _next_model(self, pending, spare, done, context) -> str | None:
+    def _next_model(self, run: _Run) -> str | None:
         def fits(model: str) -> bool:
-            if model in done or model not in self.catalog:
+            if model in run.done or model not in self.catalog:
                 return False
-            return context is None or (self.catalog.get(model).context_window or 0) > context[1]
+            return run.context is None or (self.catalog.get(model).context_window or 0) > run.context[1]
 
-        for model in pending:
+        for model in run.pending:
             if fits(model):
                 return model
-        if context is not None:
-            for model in spare:
+        if run.context is not None:
+            for model in run.spare:
                 if fits(model):
                     return model
         return None
 
-    def _may_wait(self, exc: UpstreamRateLimited, deadline: Deadline, model: str, waited: set[str], calls: int) -> bool:
+    def _may_wait(self, exc: UpstreamRateLimited, run: _Run, model: str) -> bool:
         wait = exc.retry_after
         return (
             wait is not None
-            and model not in waited
-            and calls < self.max_attempts
+            and model not in run.waited
+            and run.calls < self.max_attempts
             and wait <= self.retry_after_max_s
-            and wait + MIN_ATTEMPT_S < deadline.remaining()
+            and wait + MIN_ATTEMPT_S < run.deadline.remaining()
         )
 
-    def _exhausted(self, last, context, skipped, deadline: Deadline, calls: int) -> Exception:
+    def _may_retry(self, exc: UpstreamError, run: _Run, model: str) -> bool:
+        """One more call of the same model after a transient failure, while its breaker stays closed and time allows."""
+        return (
+            retries_same_model(exc)
+            and run.retried.get(model, 0) < self.same_model_retries
+            and run.calls < self.max_attempts
+            and run.deadline.remaining() > MIN_ATTEMPT_S
+            and self.breakers.state(model) == CLOSED
+        )
+
+    def _exhausted(self, run: _Run) -> Exception:
+        last, context, skipped, deadline = run.last, run.context, run.skipped, run.deadline
         if context is not None and (last is None or isinstance(last, ContextLengthExceeded)):
             model, window = context
             base = last.message if isinstance(last, ContextLengthExceeded) else "the request is too long"
@@ -435,6 +628,7 @@ class Dispatcher:
         if client_format == "openai":
             return translate.anthropic_response_to_openai(result, model=spec.id)
         return translate.openai_response_to_anthropic(result, model=spec.id)
+
 
 
 # -- stream helpers --------------------------------------------------------------------------
@@ -520,51 +714,71 @@ class IdleTimer:
             self._handle = None
 
 
+def _ended(watcher: StreamWatcher) -> bool:
+    """Whether a stream gave its answer whole: its final event, or its finish (OpenAI ``finish_reason``,
+    Anthropic ``message_delta``) without the terminator after it."""
+    return watcher.complete or watcher.finish_reason is not None
+
+
 def _check_complete(watcher: StreamWatcher, model: str) -> None:
-    if not watcher.complete:
+    if not _ended(watcher):
         raise UpstreamStreamError(f"stream of model {model!r} ended without its final event", model=model)
 
 
-async def _raw_dicts(head: list[SSEEvent], raw: RawStream, watcher: StreamWatcher, idle: IdleTimer) -> AsyncIterator[Body]:
+async def _raw_dicts(head: list[SSEEvent], raw: RawStream, watcher: StreamWatcher, idle: IdleTimer,
+                     track: Callable[[Body], None] | None = None) -> AsyncIterator[Body]:
     """The event dicts of a raw stream (for translation), watched; the events read ahead first."""
-    async with aclosing(_batches(head, raw, watcher, idle)) as batches:
+    async with aclosing(_batches(head, raw, watcher, idle, track)) as batches:
         async for events in batches:
             for event in events:
                 yield event.data
-    _check_complete(watcher, raw.model)
+    if not watcher.complete:
+        _check_complete(watcher, raw.model)
+        if watcher.wire_format == "anthropic":
+            yield {"type": "message_stop"}  # the finish came, the terminator did not
 
 
-async def _batches(head: list[SSEEvent], raw: RawStream, watcher: StreamWatcher, idle: IdleTimer) -> AsyncIterator[list[SSEEvent]]:
+async def _batches(head: list[SSEEvent], raw: RawStream, watcher: StreamWatcher, idle: IdleTimer,
+                   track: Callable[[Body], None] | None = None) -> AsyncIterator[list[SSEEvent]]:
     """The events read ahead, then the events of each network read (watched), until the upstream ends.
 
     Closing it (``contextlib.aclosing`` in the callers: their consumer may stop early)
     stops the idle timer and closes the upstream response. The events of one read
-    are all watched before the first of them is handed on, as every stream path does.
+    are all watched (and tracked) before the first of them is handed on, as every
+    stream path does. A failure after the stream's finish ends it: the answer is whole.
     """
     try:
         events = head
         while True:
             yield events
-            events = await idle.wait(raw.batch())
+            try:
+                events = await idle.wait(raw.batch())
+            except UpstreamError:
+                if _ended(watcher):
+                    return
+                raise
             if not events:
                 return
             for event in events:
                 watcher.observe(event.data)
+                if track is not None:
+                    track(event.data)
     finally:
         idle.stop()
         await raw.aclose()
 
 
 async def _openai_passthrough(head: list[SSEEvent], raw: RawStream, watcher: StreamWatcher, idle: IdleTimer,
-                              model: str, include_usage: bool) -> AsyncIterator[tuple[bytes, bool]]:
-    """An OpenAI stream to an OpenAI client: what ``_openai_native_stream`` does to each chunk, on bytes.
+                              track: Callable[[Body], None] | None, model: str,
+                              include_usage: bool) -> AsyncIterator[tuple[bytes, bool]]:
+    """An OpenAI stream to an OpenAI client, on bytes.
 
     A chunk goes out as the upstream sent it unless it must change (its ``model``
     is not the catalog id, or it carries the usage the client did not ask for);
     the events of one network read go out in one write. The last part is
     marked final once the upstream ended complete (``[DONE]`` follows it).
     """
-    async with aclosing(_batches(head, raw, watcher, idle)) as batches:
+    async with aclosing(_batches(head, raw, watcher, idle, track)) as batches:
         async for events in batches:
             parts = []
             for event in events:
@@ -593,14 +807,14 @@ async def _openai_passthrough(head: list[SSEEvent], raw: RawStream, watcher: Str
 
 
 async def _anthropic_passthrough(head: list[SSEEvent], raw: RawStream, watcher: StreamWatcher, idle: IdleTimer,
-                                 model: str) -> AsyncIterator[tuple[bytes, bool]]:
-    """An Anthropic stream to an Anthropic client: what ``_anthropic_native_stream`` does, on bytes.
+                                 track: Callable[[Body], None] | None, model: str) -> AsyncIterator[tuple[bytes, bool]]:
+    """An Anthropic stream to an Anthropic client, on bytes.
 
     An event goes out as the upstream sent it unless its ``message_start`` names
     another model (or its SSE name is not its type); the part holding
     ``message_stop`` is marked final.
     """
-    async with aclosing(_batches(head, raw, watcher, idle)) as batches:
+    async with aclosing(_batches(head, raw, watcher, idle, track)) as batches:
         async for events in batches:
             parts = []
             final = False
@@ -619,4 +833,26 @@ async def _anthropic_passthrough(head: list[SSEEvent], raw: RawStream, watcher: 
                     final = True
             if parts:
                 yield b"".join(parts), final
+    if not watcher.complete:
         _check_complete(watcher, model)
+        yield _MESSAGE_STOP, True  # the finish came, the terminator did not
+
+
+async def _continuation(head: list[SSEEvent], raw: RawStream, watcher: StreamWatcher, idle: IdleTimer, model: str,
+                        matcher: PrefixMatcher, splicer: Splicer, answer: StreamAnswer) -> AsyncIterator[tuple[bytes, bool]]:
+    """A continuation's text, minus what the client already has, written into the client's stream; then its end."""
+    wire = watcher.wire_format
+    async with aclosing(_batches(head, raw, watcher, idle)) as batches:
+        async for events in batches:
+            parts = []
+            for event in events:
+                text = continuation_text(wire, event.data, model)
+                if text:
+                    text = matcher.feed(text)
+                    if text:
+                        parts.append(splicer.text(text))
+            if parts:
+                yield b"".join(parts), False
+    _check_complete(watcher, model)
+    matcher.finish()
+    yield splicer.end(client_finish(wire, answer.client_format, watcher.finish_reason), answer.usage()), True

@@ -53,7 +53,7 @@ class _Strict(BaseModel):
 
 
 class ThriftyOptions(BaseModel):
-    """The ``thrifty`` body field: constraints on the decision, and the task label for the logs."""
+    """The ``thrifty`` body field: constraints on the decision, fallback models, and the task label for the logs."""
 
     model_config = ConfigDict(strict=True, extra="forbid")
 
@@ -61,6 +61,11 @@ class ThriftyOptions(BaseModel):
     max_cost: float | None = Field(default=None, ge=0.0)
     allowed_models: list[str] | None = Field(default=None, min_length=1)
     task: str | None = Field(default=None, max_length=200)
+    fallback_models: list[str] | None = Field(
+        default=None, max_length=16,
+        description="catalog ids to fail over to, in order, after the decision's own candidates; for a model "
+        "requested by id it replaces the server's configured fallbacks ([]: none)",
+    )
 
 
 class _Part(_Strict):

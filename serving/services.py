@@ -16,7 +16,7 @@ from models.providers import MissingUpstreamKey, ProviderPool, UpstreamSettings
 from router.profiles import Profile, load_profiles
 from router.router import Router
 from serving.batching import DecisionBatcher
-from serving.config import ServingConfig
+from serving.config import ConfigError, ServingConfig
 from serving.budgets import Budgets
 from serving.dispatch import Dispatcher
 from serving.metrics import Metrics
@@ -112,6 +112,10 @@ def build_services(
             routers[profile.router_uri] = load_router_uri(profile.router_uri)
     holder = RouterHolder(routers, loaded.uri)
 
+    unknown = sorted({m for model, rest in config.fallbacks.items() for m in (model, *rest) if m not in catalog})
+    if unknown:
+        raise ConfigError(f"fallbacks name model(s) not in the catalog: {', '.join(unknown)}")
+
     missing = [m for m in loaded.router.models_ if m not in catalog]
     if missing:
         log.warning("router models missing from the catalog are never chosen: %s", ", ".join(missing))
@@ -145,12 +149,15 @@ def build_services(
         pool=pool,
         dispatcher=Dispatcher(
             catalog, pool, metrics=metrics, default_max_tokens=config.default_max_tokens, max_attempts=config.max_attempts,
-            breakers=Breakers(config.breaker_failures, config.breaker_cooldown_s, on_change=breaker_changed),
+            breakers=Breakers(config.breaker_failures, config.breaker_cooldown_s, on_change=breaker_changed,
+                              max_cooldown_s=config.breaker_max_cooldown_s, backoff=config.breaker_backoff),
             deadline_s=config.deadline_s,
             attempt_timeout_s=config.attempt_timeout_s,
             first_token_timeout_s=config.first_token_timeout_s,
             stream_idle_timeout_s=config.stream_idle_timeout_s,
             retry_after_max_s=config.retry_after_max_s,
+            same_model_retries=config.same_model_retries,
+            mid_stream_recovery=config.mid_stream_recovery,
         ),
         budgets=Budgets(config, store, catalog, metrics),
         store=store,

@@ -1,4 +1,8 @@
-"""Helpers for the durability and secrets tests: ``thrifty serve`` as a real process, and a load generator.
+"""Helpers for the reliability, durability and secrets tests: requests through the SDKs and what the store
+recorded of them; ``thrifty serve`` as a real process, and a load generator.
+
+:func:`ask` sends one request through an official SDK and returns what the
+client got; :func:`record_of` and :func:`attempts_of` read the store.
 
 ``serve_process`` starts ``python -m thrifty.cli serve --config ...`` on a free
 loopback port with its output captured to a file; :func:`run_load` sends a
@@ -189,3 +193,40 @@ def stored_decisions(store_path: Path) -> dict[str, dict]:
         return {r["decision_id"]: dict(r) for r in conn.execute("SELECT * FROM decisions")}
     finally:
         conn.close()
+
+
+# -- one request through an SDK, and its record ------------------------------------------------------
+
+
+def ask(sdk, oc, ac, prompt=EASY, *, stream=False, model="thrifty", max_tokens=50, **extra):
+    """One request through an SDK: (headers, answering model, text). ``extra``: ``extra_body``, ``extra_headers``."""
+    messages = [{"role": "user", "content": prompt}]
+    if sdk == "openai":
+        if not stream:
+            response = oc.chat.completions.with_raw_response.create(model=model, messages=messages, **extra)
+            completion = response.parse()
+            return response.headers, completion.model, completion.choices[0].message.content
+        response = oc.chat.completions.with_raw_response.create(model=model, messages=messages, stream=True, **extra)
+        text, answered, finish = "", None, None
+        for chunk in response.parse():
+            answered = chunk.model
+            text += "".join(c.delta.content or "" for c in chunk.choices)
+            finish = next((c.finish_reason for c in chunk.choices if c.finish_reason), finish)
+        assert finish is not None, "the stream ended without a finish_reason"
+        return response.headers, answered, text
+    if not stream:
+        response = ac.messages.with_raw_response.create(model=model, max_tokens=max_tokens, messages=messages, **extra)
+        message = response.parse()
+        return response.headers, message.model, message.content[0].text
+    with ac.messages.stream(model=model, max_tokens=max_tokens, messages=messages, **extra) as events:
+        message = events.get_final_message()
+        assert message.stop_reason is not None, "the stream ended without a stop_reason"
+        return events.response.headers, message.model, "".join(b.text for b in message.content if b.type == "text")
+
+
+def record_of(svc, headers) -> dict:
+    return svc.store.decision(headers["x-thrifty-decision-id"])
+
+
+def attempts_of(record) -> list[tuple[str, str, str | None]]:
+    return [(a["model"], a["status"], a["error_kind"]) for a in record["attempts"]]

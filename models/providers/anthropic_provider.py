@@ -28,6 +28,7 @@ class AnthropicProvider(SDKProvider):
     base_error = anthropic.AnthropicError
     map_error = staticmethod(map_anthropic_error)
     event_parser = staticmethod(anthropic_event)
+    assistant_prefill = True  # a trailing assistant message is continued (Anthropic's documented prefill)
     # An explicit timeout also skips the SDK's "use streaming for long requests" guard,
     # which would refuse a large max_tokens before any call is made.
     default_timeout = 600.0

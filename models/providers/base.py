@@ -11,11 +11,15 @@ checked before ``send_raw`` returns, so a refused request raises from
 ``send_raw`` itself and never from the stream; failures after that (a cut,
 stalled or malformed stream, an error event) raise from ``batch()``. All
 failures are :mod:`models.providers.errors` classes.
+
+``assistant_prefill`` says whether the provider's upstreams continue a
+trailing assistant message (a catalog entry's own ``assistant_prefill``
+overrides it).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 from models.catalog import ModelSpec
 
@@ -27,9 +31,18 @@ Body = dict[str, Any]
 
 @runtime_checkable
 class Provider(Protocol):
+    assistant_prefill: ClassVar[bool]
+
     async def send_raw(self, spec: ModelSpec, body: Body, *, stream: bool) -> "RawAnswer | RawStream": ...
 
     async def aclose(self) -> None: ...
+
+
+def supports_prefill(spec: ModelSpec, provider: Provider) -> bool:
+    """Whether ``spec``'s upstream continues a trailing assistant message: the catalog's word, else the provider's."""
+    if spec.assistant_prefill is not None:
+        return spec.assistant_prefill
+    return bool(getattr(provider, "assistant_prefill", False))
 
 
 def is_connection_failure(exc: BaseException) -> bool:

@@ -37,6 +37,7 @@ class SDKProvider:
     path: ClassVar[str]  # the endpoint, relative to the client's base URL
     base_error: ClassVar[type[Exception]]  # every exception the SDK raises derives from it
     default_timeout: ClassVar[float | None] = None  # None: the SDK's own
+    assistant_prefill: ClassVar[bool] = False  # the upstream continues a trailing assistant message
 
     def __init__(self, client, *, timeout: float | None = None):
         self.client = client

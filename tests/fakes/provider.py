@@ -17,6 +17,13 @@ report, how slowly, and which fault to inject::
     fake.configure("gpt-x", reset_connection=True)       # TCP reset before any response
     fake.configure("gpt-x", stall_after_chunks=2)       # stream goes silent after 2 events
     fake.configure("gpt-x", status=500, fail_rate=0.3)  # a 5xx storm: 30% of calls fail
+    fake.configure("gpt-x", omit_done=True)             # the finish, then the connection closes: no [DONE]
+    fake.configure("claude-y", prefill="reject")        # a trailing assistant message gets a 400
+
+A trailing assistant message (a prefill) is, by default, continued on
+``/v1/messages`` (the answer is the rest of the planned text after it, as
+Anthropic does) and ignored on ``/v1/chat/completions`` (the whole text is
+answered anew, as OpenAI does); ``prefill`` sets either behaviour, or a 400.
 
 Every request is recorded (endpoint, model, body, headers) in ``fake.calls``;
 ``fake.count(model=...)`` counts them. With ``api_keys`` set, a request whose
@@ -74,6 +81,9 @@ class Behavior:
     cut_after_chunks: int | None = None  # drop the connection after N stream events
     malformed_after_chunks: int | None = None  # send a non-JSON data line after N stream events
     omit_final_event: bool = False  # OpenAI: no finish chunk, usage or [DONE]; Anthropic: no message_delta/stop
+    omit_done: bool = False  # the finish (and usage), then the end of the body: OpenAI without [DONE], Anthropic without message_stop
+    prefill: str = "auto"  # a trailing assistant message: "continue" it, "restart" (answer anew), "reject" (400); auto: by endpoint
+    error_code: str | None = None  # with status: the error's code (OpenAI body), e.g. "content_filter"
     context_length_error: bool = False  # the provider's own context-length 400
     content_filter: bool = False  # OpenAI finish_reason "content_filter" / Anthropic stop_reason "refusal"
     stop_reason: str | None = None  # force a stop reason (native value of the protocol)
@@ -153,6 +163,10 @@ class FakeProvider:
                                "resulted in 9000 tokens.", "type": "invalid_request_error", "param": "messages",
                                "code": "context_length_exceeded"}}, status_code=400)
             return body, behavior, self._error(endpoint, 400, "prompt is too long: 210000 tokens > 200000 maximum")
+        if self._prefill_mode(behavior, endpoint) == "reject" and _prefill(body) is not None:
+            return body, behavior, self._error(
+                endpoint, 400, "This model does not support assistant message prefill. The conversation must end "
+                "with a user message.")
         if behavior.status is not None:
             with self._lock:
                 failed = self._failures.get(model, 0)
@@ -164,14 +178,21 @@ class FakeProvider:
                 fail = behavior.fail_times is None or failed < behavior.fail_times
             if fail:
                 headers = {"retry-after": str(behavior.retry_after)} if behavior.retry_after is not None else {}
-                return body, behavior, self._error(endpoint, behavior.status, behavior.error_message, headers)
+                return body, behavior, self._error(endpoint, behavior.status, behavior.error_message, headers,
+                                                   code=behavior.error_code)
         return body, behavior, None
 
     @staticmethod
-    def _error(endpoint: str, status: int, message: str, headers: dict | None = None) -> JSONResponse:
+    def _prefill_mode(behavior: Behavior, endpoint: str) -> str:
+        if behavior.prefill != "auto":
+            return behavior.prefill
+        return "continue" if endpoint == "anthropic" else "restart"
+
+    @staticmethod
+    def _error(endpoint: str, status: int, message: str, headers: dict | None = None, *, code: str | None = None) -> JSONResponse:
         if endpoint == "openai":
             payload = {"error": {"message": message, "type": OPENAI_ERROR_TYPES.get(status, "server_error"),
-                                 "param": None, "code": None}}
+                                 "param": None, "code": code}}
         else:
             payload = {"type": "error", "error": {"type": ANTHROPIC_ERROR_TYPES.get(status, "api_error"), "message": message}}
         return JSONResponse(payload, status_code=status, headers={"request-id": f"req_{uuid.uuid4().hex[:12]}", **(headers or {})})
@@ -184,6 +205,9 @@ class FakeProvider:
         """Answer text, tool call (or None), input and output tokens."""
         model = body.get("model", "")
         text = behavior.text if behavior.text is not None else f"Answer from {model}."
+        prefill = _prefill(body)
+        if prefill is not None and self._prefill_mode(behavior, endpoint) == "continue" and text.startswith(prefill):
+            text = text[len(prefill):]  # the rest of the answer the prefill began
         call = None
         if behavior.tool_call and body.get("tools") and not _last_turn_is_tool_result(body, endpoint):
             call = behavior.tool_call
@@ -270,7 +294,8 @@ class FakeProvider:
             events.append(chunk({}, finish))
             if include_usage:
                 events.append(chunk(None, usage=usage))
-            events.append(b"data: [DONE]\n\n")
+            if not behavior.omit_done:
+                events.append(b"data: [DONE]\n\n")
         return StreamingResponse(self._sse(events, behavior), media_type="text/event-stream")
 
     # -- Anthropic ------------------------------------------------------------------------
@@ -327,7 +352,8 @@ class FakeProvider:
         if not behavior.omit_final_event:
             events.append(event({"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": None},
                                  "usage": {"output_tokens": output_tokens}}))
-            events.append(event({"type": "message_stop"}))
+            if not behavior.omit_done:
+                events.append(event({"type": "message_stop"}))
         return StreamingResponse(self._sse(events, behavior), media_type="text/event-stream")
 
 
@@ -344,6 +370,18 @@ def _reset(request: Request) -> None:
     if sock is not None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     transport.abort()
+
+
+def _prefill(body: dict) -> str | None:
+    """The text of a trailing assistant message (a prefill), or None."""
+    messages = body.get("messages") or []
+    last = messages[-1] if messages else None
+    if not isinstance(last, dict) or last.get("role") != "assistant":
+        return None
+    content = last.get("content")
+    if isinstance(content, list):
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+    return content if isinstance(content, str) else ""
 
 
 def _last_turn_is_tool_result(body: dict, endpoint: str) -> bool:
