@@ -52,6 +52,7 @@ FAULTS = {
     "cut-after-40-tokens": (lambda m: dict(cut_after_chunks=after_words(m, 40)), "stream"),
     "stall-mid-stream": (lambda m: dict(stall_after_chunks=after_words(m, 40), stall_s=HANG), "timeout"),
     "malformed-event": (lambda m: dict(malformed_after_chunks=after_words(m, 40)), "stream"),
+    "error-event": (lambda m: dict(error_event_after_chunks=after_words(m, 40)), None),  # kind: by dialect
     "no-finish-connection-closed": (lambda m: dict(omit_final_event=True), "stream"),
 }
 # first model -> the fallback that continues its answer; whether it continues a prefill
@@ -111,6 +112,7 @@ def fallbacks(*models: str) -> dict:
 def test_a_stream_broken_mid_answer_is_finished_by_the_next_candidate(fault, pair, sdk, fake, svc, oc, ac):
     first, second, prefilled = PAIRS[pair]
     change, kind = FAULTS[fault]
+    kind = kind or ("server" if first.startswith("claude") else "stream")  # Anthropic's "overloaded" is a 529
     fake.configure(UPSTREAM[first], text=TEXT, **change(first))
     fake.configure(UPSTREAM[second], text=TEXT)
     started = time.monotonic()

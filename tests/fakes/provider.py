@@ -80,6 +80,7 @@ class Behavior:
     reset_connection: bool = False  # reset the TCP connection (RST) once the request is read, before any response
     cut_after_chunks: int | None = None  # drop the connection after N stream events
     malformed_after_chunks: int | None = None  # send a non-JSON data line after N stream events
+    error_event_after_chunks: int | None = None  # send the protocol's error event (Anthropic: overloaded) after N events
     omit_final_event: bool = False  # OpenAI: no finish chunk, usage or [DONE]; Anthropic: no message_delta/stop
     omit_done: bool = False  # the finish (and usage), then the end of the body: OpenAI without [DONE], Anthropic without message_stop
     prefill: str = "auto"  # a trailing assistant message: "continue" it, "restart" (answer anew), "reject" (400); auto: by endpoint
@@ -232,6 +233,13 @@ class FakeProvider:
             if behavior.malformed_after_chunks is not None and n == behavior.malformed_after_chunks:
                 anthropic = event.startswith(b"event:")
                 yield b"event: content_block_delta\ndata: {not json\n\n" if anthropic else b"data: {not json\n\n"
+                return
+            if behavior.error_event_after_chunks is not None and n == behavior.error_event_after_chunks:
+                if event.startswith(b"event:"):
+                    yield (b'event: error\ndata: {"type": "error", "error": {"type": "overloaded_error", '
+                           b'"message": "Overloaded"}}\n\n')
+                else:
+                    yield b'data: {"error": {"message": "The server had an error while processing your request."}}\n\n'
                 return
             if behavior.stall_after_chunks is not None and n == behavior.stall_after_chunks:
                 await asyncio.sleep(behavior.stall_s)
