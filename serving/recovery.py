@@ -26,7 +26,7 @@ module holds the parts that do not call anything:
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from models.providers import UpstreamStreamError
 from models.tokens import count_tokens
@@ -57,8 +57,8 @@ _NOTHING: dict = {}
 class Transcript:
     """What the client has been sent of a streamed answer, seen from the upstream events of its first stream.
 
-    ``observe(wire_format, event)`` is called on each upstream event before it is
-    passed on (translated or not); :class:`Splicer` updates it for what it writes.
+    ``observer(wire_format)`` is called on each upstream event before it is passed
+    on (translated or not); :class:`Splicer` updates it for what it writes.
     """
 
     __slots__ = ("client", "parts", "plain", "block", "open", "finish_sent", "usage_sent", "id")
@@ -77,11 +77,8 @@ class Transcript:
     def text(self) -> str:
         return "".join(self.parts)
 
-    def observe(self, wire_format: str, event: Body) -> None:
-        self.observer(wire_format)(event)
-
-    def observer(self, wire_format: str):
-        """``observe`` for the events of one wire format (one call less per event)."""
+    def observer(self, wire_format: str) -> Callable[[Body], None]:
+        """What to call on each upstream event of ``wire_format``, before it is passed on."""
         return self._anthropic if wire_format == "anthropic" else self._openai
 
     def _openai(self, chunk: Body) -> None:

@@ -295,3 +295,39 @@ def test_a_request_for_several_choices_is_not_continued(fake, svc, raw):
             "thrifty": {"fallback_models": ["claude-small"]}}
     response = raw.post("/v1/chat/completions", json=body)
     assert "error" in json.loads(sse_events(response.text)[-1][1]) and fake.count() == 1
+
+
+# -- the parts that call nothing --------------------------------------------------------------------------------
+
+
+def test_a_prefill_extends_the_clients_own_and_lowers_the_output_limit():
+    from serving.recovery import split_prefill, with_prefill
+
+    assert split_prefill("one two \n") == ("one two", " \n")
+    asked = {"messages": [{"role": "user", "content": "q"}], "max_tokens": 100}
+    out = with_prefill(asked, "one two", spent_tokens=30)
+    assert out["messages"][-1] == {"role": "assistant", "content": "one two"} and out["max_tokens"] == 70
+    assert asked == {"messages": [{"role": "user", "content": "q"}], "max_tokens": 100}  # the request is not changed
+    own = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "Sure:"}],
+           "max_completion_tokens": 10}
+    out = with_prefill(own, " one two", spent_tokens=30)
+    assert out["messages"][1:] == [{"role": "assistant", "content": "Sure: one two"}] and out["max_completion_tokens"] == 1
+    blocks = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": [{"type": "text", "text": "A"}]}]}
+    assert with_prefill(blocks, "B")["messages"][-1]["content"] == [{"type": "text", "text": "A"}, {"type": "text", "text": "B"}]
+
+
+def test_the_prefix_matcher_drops_only_what_the_client_already_has():
+    from serving.recovery import ContinuationMismatch, PrefixMatcher
+
+    regenerated = PrefixMatcher("one two ", strict=True, model="m")
+    assert [regenerated.feed(t) for t in ["on", "e t", "wo thr", "ee"]] == ["", "", "thr", "ee"]
+    regenerated.finish()
+    with pytest.raises(ContinuationMismatch):
+        PrefixMatcher("one two ", strict=True, model="m").feed("one too")
+    with pytest.raises(ContinuationMismatch):
+        short = PrefixMatcher("one two ", strict=True, model="m")
+        short.feed("one")
+        short.finish()  # the regenerated answer ended before the part already sent
+    held = PrefixMatcher(" ", strict=False)
+    assert held.feed("\nnext") == "\nnext"  # other whitespace than the one held back: forwarded from the difference
+    assert PrefixMatcher(" \n", strict=False).feed(" next") == "next"
