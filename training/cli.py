@@ -77,8 +77,12 @@ def _options(*options):
     return wrap
 
 
-LOGS_HELP = "outcome log file(s): .parquet, .jsonl, .csv, or RouterBench .pkl/.csv; several after one --logs, or --logs repeated"
-logs_option = click.option("--logs", "logs", cls=FileListOption, help=LOGS_HELP)
+LOGS_HELP = (
+    "outcome log(s): files (.parquet, .jsonl, .csv, RouterBench .pkl/.csv), directories of Parquet parts, or fsspec URLs "
+    "(file://, s3://, gs://); several after one --logs, or --logs repeated"
+)
+# Not click.Path: directories and URLs are logs too; training.sources checks each one.
+logs_option = click.option("--logs", "logs", cls=FileListOption, type=click.STRING, help=LOGS_HELP)
 prices_option = click.option(
     "--prices", "prices", cls=FileListOption,
     help="prices CSV(s) (schema of shared/data/prices.csv) loaded as catalog entries; models no table prices are priced from their logged costs",
@@ -135,9 +139,9 @@ def _catalog(prices: tuple[str, ...], catalogs: tuple[str, ...]):
         raise click.ClickException(str(exc)) from None
 
 
-def _log_paths(logs: tuple[str, ...]) -> list[Path]:
+def _log_paths(logs: tuple[str, ...]) -> list[str]:
     if logs:
-        return [Path(p) for p in logs]
+        return list(logs)
     raise click.UsageError("give at least one --logs FILE (or run `thrifty data fetch routerbench`)")
 
 
@@ -221,7 +225,7 @@ def _print_training(result, name: str) -> None:
 @command()
 @logs_option
 @click.option("--store", type=click.Path(exists=True, dir_okay=False), default=None, help="a serving outcome store (SQLite); its decisions joined with feedback are exported and used")
-@click.option("--benchmark-logs", "benchmark_logs", cls=FileListOption, help="full-matrix benchmark logs to mix in")
+@click.option("--benchmark-logs", "benchmark_logs", cls=FileListOption, type=click.STRING, help="full-matrix benchmark logs to mix in (files, directories of parts or URLs, as --logs)")
 @_options(prices_option, catalog_option, predictor_option("lightgbm"))
 @click.option("--propensity-clip", default=20.0, show_default=True, help="largest inverse-propensity weight")
 @_options(test_size_option(0.2), seed_option, experiment_option, name_option)
@@ -236,7 +240,7 @@ def retrain(logs, store, benchmark_logs, prices, catalogs, predictor, propensity
     from training.train import train as run_train
 
     settings = get_settings()
-    paths = [Path(p) for p in (*logs, *benchmark_logs)]
+    paths = [*logs, *benchmark_logs]
     with tempfile.TemporaryDirectory() as tmp:
         if store:
             # Served logs reach training through storage: the serving CLI exports
@@ -249,7 +253,7 @@ def retrain(logs, store, benchmark_logs, prices, catalogs, predictor, propensity
             )
             if proc.returncode != 0:
                 raise click.ClickException(f"exporting {store} failed: {proc.stderr.strip() or proc.stdout.strip()}")
-            paths.append(exported)
+            paths.append(str(exported))
         if not paths:
             raise click.UsageError("give --logs (exported served logs), --store, and/or --benchmark-logs")
         try:
