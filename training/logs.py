@@ -88,8 +88,31 @@ def read_logs(
     from training.progress import bar
 
     with bar(parts, enabled=progress, desc="reading logs", unit="file") as files:
-        frames = [_normalised_file(part) for part in files]
-    return _combine(frames, prices)
+        frames = [read_part_rows(part, prices) for part in files]
+    return combine_part_rows(frames)
+
+
+def read_part_rows(part: LogPart, prices: PriceTable | None = None) -> pd.DataFrame:
+    """One file's rows, checked, with token counts and costs filled: the per-file half of :func:`read_logs`.
+
+    The rows keep the bookkeeping columns that :func:`combine_part_rows` needs
+    to name files and rows; a distributed reader runs this on its workers.
+    """
+    rows = _normalised_file(part)
+    _fill_token_counts(rows)
+    _fill_costs(rows, prices)
+    return rows
+
+
+def combine_part_rows(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """The across-files half of :func:`read_logs`: prompt texts agree, no repeated outcomes; the canonical frame.
+
+    A ``prompt`` column may be categorical (one copy of each text, as a
+    distributed reader ships it); it stays categorical.
+    """
+    rows = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0].reset_index(drop=True)
+    _check_prompt_texts(rows)
+    return _canonical(_without_repeated_outcomes(rows))
 
 
 def log_sources(paths: Sequence[str | Path]) -> list[LogPart]:
@@ -116,7 +139,10 @@ def routerbench_wide_to_long(frame: pd.DataFrame, source: str, dataset: str = "r
     is empty was not evaluated on that prompt and gets no row. ``source`` is
     the name errors are reported under.
     """
-    return _combine([_wide_to_long(frame, source, dataset)], prices=None)
+    rows = _wide_to_long(frame, source, dataset)
+    _fill_token_counts(rows)
+    _fill_costs(rows, None)
+    return combine_part_rows([rows])
 
 
 # --------------------------------------------------------------------------- reading files
@@ -425,15 +451,6 @@ def _melt(wide: pd.DataFrame, models: list[str], source: str, dataset: str) -> p
 # --------------------------------------------------------------------------- across rows and files
 
 
-def _combine(frames: list[pd.DataFrame], prices: PriceTable | None) -> pd.DataFrame:
-    rows = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0].reset_index(drop=True)
-    _check_prompt_texts(rows)
-    rows = _without_repeated_outcomes(rows)
-    _fill_token_counts(rows)
-    _fill_costs(rows, prices)
-    return _canonical(rows)
-
-
 def _where(rows: pd.DataFrame, position: int, relative_to: str | None = None) -> str:
     source, row = rows[SOURCE].iat[position], int(rows[ROW].iat[position])
     return f"row {row}" if source == relative_to else f"{source} row {row}"
@@ -569,7 +586,9 @@ def _canonical(rows: pd.DataFrame) -> pd.DataFrame:
     columns = {**OUTCOME_COLUMNS, **{c: t for c, t in OPTIONAL_COLUMNS.items() if c in rows}}
     out = pd.DataFrame(index=rows.index)
     for column, dtype in columns.items():
-        if column in rows:
+        if column in rows and isinstance(rows[column].dtype, pd.CategoricalDtype):
+            out[column] = rows[column]  # texts shared by many rows, kept as one copy each
+        elif column in rows:
             out[column] = rows[column].astype(dtype)
         else:
             out[column] = pd.Series(pd.NA if dtype == "string" else np.nan, index=rows.index, dtype=dtype)
