@@ -176,26 +176,38 @@ def _quiet_git() -> None:
 @command()
 @_options(logs_option, prices_option, catalog_option, predictor_option("lightgbm"), test_size_option(0.2), seed_option, experiment_option, name_option)
 @click.option("--no-register", is_flag=True, help="fit and measure only; log nothing to MLflow")
-def train(logs, prices, catalogs, predictor, test_size, seed, experiment, name, no_register):
+@click.option(
+    "--dask", "dask_address", default=None, metavar="ADDRESS",
+    help="read, featurise and fit on a Dask cluster: a scheduler (tcp://host:8786), 'local' or 'local:N' for a LocalCluster of N workers (needs thrifty[dask]; lightgbm only)",
+)
+def train(logs, prices, catalogs, predictor, test_size, seed, experiment, name, no_register, dask_address):
     """Learn the cheapest model that still succeeds from outcome logs; register it as champion."""
+    from contextlib import nullcontext
+
+    from training.distributed import DaskError, dask_client
     from training.logs import LogError
     from training.train import train as run_train
 
     settings = get_settings()
+    paths, catalog = _log_paths(logs), _catalog(prices, catalogs)
+    if dask_address is not None and predictor != "lightgbm":
+        raise click.UsageError(f"--dask fits the lightgbm predictor only (got --predictor {predictor})")
     try:
-        result = run_train(
-            _log_paths(logs),
-            _catalog(prices, catalogs),
-            predictor=predictor,
-            test_size=test_size,
-            seed=seed,
-            experiment=experiment or settings.experiment,
-            name=name or settings.registry_name,
-            register=not no_register,
-            progress=True,
-            echo=say,
-        )
-    except (LogError, ValueError) as exc:
+        with dask_client(dask_address) if dask_address is not None else nullcontext() as client:
+            result = run_train(
+                paths,
+                catalog,
+                predictor=predictor,
+                test_size=test_size,
+                seed=seed,
+                experiment=experiment or settings.experiment,
+                name=name or settings.registry_name,
+                register=not no_register,
+                progress=True,
+                echo=say,
+                dask_client=client,
+            )
+    except (LogError, ValueError, DaskError) as exc:
         raise click.ClickException(str(exc)) from None
     _print_training(result, name or settings.registry_name)
 

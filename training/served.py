@@ -28,7 +28,7 @@ from models.prices import PriceTable
 from router.policy import make_policy
 from router.router import Router
 from training.dataset import OutcomeMatrix
-from training.fit import cross_fit, fit_router, fit_with_oof
+from training.fit import cross_fit, fit_router
 from training.metrics import hull_value, pareto_hull
 from training.sweep import POLICIES, best_model_index, outcome_of, policy_kwargs, sweep_policy
 
@@ -232,6 +232,7 @@ def fit_served_router(
     policies: Sequence[str] = POLICIES,
     z: float = 2.0,
     max_select_prompts: int | None = None,
+    fit=None,
     **fit_kw,
 ) -> tuple[Router, Selection]:
     """A router fitted on every prompt of ``matrix``, with its default policy chosen on out-of-fold predictions.
@@ -242,7 +243,11 @@ def fit_served_router(
     model's outcome). This is what ``thrifty train`` serves::
 
         router, selection = fit_served_router(train_matrix, prices, predictor=predictor, seed=seed)
+
+    ``fit`` fits the served router (default ``fit_router``; ``training.distributed``
+    passes its Dask fit); the out-of-fold fits of the choice stay local.
     """
+    fit = fit or fit_router
     if max_select_prompts is not None and matrix.n_prompts > max_select_prompts:
         # On large logs the knob is chosen on a random subset of the prompts: the
         # choice needs a good estimate of where the router beats the hull, not
@@ -250,9 +255,10 @@ def fit_served_router(
         pick = np.sort(np.random.default_rng(seed).choice(matrix.n_prompts, max_select_prompts, replace=False))
         sub = matrix.subset(pick)
         P, C = cross_fit(sub, prices, predictor=predictor, seed=seed, folds=folds, **fit_kw)
-        router = fit_router(matrix, prices, predictor=predictor, seed=seed, **fit_kw)
+        router = fit(matrix, prices, predictor=predictor, seed=seed, **fit_kw)
         return choose_default(router, sub, P, C, policies=policies, z=z)
-    router, P, C = fit_with_oof(matrix, prices, predictor=predictor, seed=seed, folds=folds, **fit_kw)
+    P, C = cross_fit(matrix, prices, predictor=predictor, seed=seed, folds=folds, **fit_kw)
+    router = fit(matrix, prices, predictor=predictor, seed=seed, **fit_kw)
     return choose_default(router, matrix, P, C, policies=policies, z=z)
 
 

@@ -91,15 +91,13 @@ def _local_parts(source: str, known_suffixes: Sequence[str]) -> list[LogPart]:
         if not files:
             raise SourceError(source, f"directory holds no Parquet parts (*{PARQUET})")
         dataset = _stem(path.resolve().as_posix())
-        return [
-            LogPart(str(path / f), dataset, PARQUET, str(path / f), _hive_values(f))
-            for f in files
-        ]
+        # the url is absolute: a Dask worker may run in another directory
+        return [LogPart(str(path / f), dataset, PARQUET, str((path / f).resolve()), _hive_values(f)) for f in files]
     suffix = path.suffix.lower()
     _check_suffix(source, suffix, known_suffixes)
     if not path.is_file():
         raise SourceError(source, "no such file")
-    return [LogPart(source, path.stem, suffix, source)]
+    return [LogPart(source, path.stem, suffix, str(path.resolve()))]
 
 
 def _url_parts(source: str, known_suffixes: Sequence[str]) -> list[LogPart]:
