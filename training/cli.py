@@ -355,7 +355,9 @@ def promote(logs, prices, catalogs, name, margin, usd_per_success, estimator, ex
 @click.option("--knobs", "n_knobs", default=256, show_default=True, help="knob settings per policy sweep (before duplicates are dropped)")
 @click.option("--folds", default=3, show_default=True, help="folds of the training split on which each router's default knob is chosen")
 @_options(experiment_option, no_mlflow_option)
-def replay(logs, prices, catalogs, router_uri, test_size, seed, task_holdout, out_dir, predictors, n_knobs, folds, experiment, no_mlflow):
+@click.option("--cascades", is_flag=True, help="also search cascades on the training split (logs with parsed answers) and replay them: rows cascade/<family>, cascade_decisions.parquet")
+@click.option("--cascade-models", default=8, show_default=True, type=click.IntRange(2, 12), help="with --cascades: at most this many models (on or near the training split's cost-quality hull) to draw stages from")
+def replay(logs, prices, catalogs, router_uri, test_size, seed, task_holdout, out_dir, predictors, n_knobs, folds, experiment, no_mlflow, cascades, cascade_models):
     """Replay routers and baselines on held-out logged prompts: cost–quality curves, AIQ, gap closed, APGR."""
     from training.replay import format_table, log_to_mlflow, run_replay, write_outputs
 
@@ -374,6 +376,8 @@ def replay(logs, prices, catalogs, router_uri, test_size, seed, task_holdout, ou
             predictors=predictors,
             n_knobs=n_knobs,
             folds=folds,
+            cascades=cascades,
+            cascade_models=cascade_models,
             echo=say,
         )
     except ValueError as exc:
@@ -384,7 +388,7 @@ def replay(logs, prices, catalogs, router_uri, test_size, seed, task_holdout, ou
     click.echo(f"\nwrote {', '.join(str(p) for p in paths.values())}")
     if not no_mlflow:
         settings = get_settings()
-        params = {"logs": ",".join(logs), "router": router_uri or "trained", "predictors": ",".join(predictors)}
+        params = {"logs": ",".join(logs), "router": router_uri or "trained", "predictors": ",".join(predictors), "cascades": cascades}
         run_id = log_to_mlflow(result, paths, experiment or settings.experiment, params)
         click.echo(f"logged to MLflow run {run_id}")
 

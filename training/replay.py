@@ -45,6 +45,7 @@ ORACLE = "oracle"
 RANDOM = "random"
 TASK_PRIOR = "task_prior"
 SERVED = "served"
+CASCADE_PREFIX = "cascade/"
 
 
 @dataclass(frozen=True)
@@ -130,6 +131,7 @@ class ReplayResult:
     metrics: dict[str, dict[str, float]]  # name -> metric -> value
     reference: Reference
     meta: dict = field(default_factory=dict)
+    cascade_decisions: pd.DataFrame | None = None  # router, knob, dataset, prompt_id, models_called, answered_by
 
     @property
     def single_models(self) -> list[str]:
@@ -138,10 +140,14 @@ class ReplayResult:
     def learned_curves(self) -> list[str]:
         """The swept learned routers (``<router>/<policy>``); model names may contain '/' too."""
         singles = set(self.single_models)
-        return [k for k in self.metrics if k not in singles and "/" in k and not k.endswith(f"/{SERVED}")]
+        return [k for k in self.metrics if k not in singles and "/" in k and not k.endswith(f"/{SERVED}") and not k.startswith(CASCADE_PREFIX)]
 
     def best_learned(self) -> str | None:
         names = [k for k in self.learned_curves() if np.isfinite(self.metrics[k]["aiq"])]
+        return max(names, key=lambda k: self.metrics[k]["aiq"]) if names else None
+
+    def best_cascade(self) -> str | None:
+        names = [k for k in self.metrics if k.startswith(CASCADE_PREFIX) and np.isfinite(self.metrics[k]["aiq"])]
         return max(names, key=lambda k: self.metrics[k]["aiq"]) if names else None
 
 
@@ -237,12 +243,16 @@ def run_replay(
     n_knobs: int = 256,
     folds: int = 3,
     min_coverage: float = 0.9,
+    cascades: bool = False,
+    cascade_models: int = 8,
     echo: Callable[[str], None] = lambda msg: None,
 ) -> ReplayResult:
     """Split, train (unless ``router`` is given), replay and measure. See the module docstring.
 
     ``predictors``: registered success predictors to train (default: those the
-    registry marks as replayed).
+    registry marks as replayed). ``cascades``: also search cascades over at most
+    ``cascade_models`` models on the training split and replay them
+    (``training.cascades``).
     """
     from training.fit import ensemble_router, fit_with_oof, resolve_prices
     from training.served import choose_default
@@ -269,6 +279,7 @@ def run_replay(
     extra: dict[str, list[float]] = {}
     point_knobs: dict[str, float] = {}
     selections: dict[str, dict] = {}
+    fitted: dict[str, tuple[Router, np.ndarray, np.ndarray]] = {}  # predictor -> router, out-of-fold P and C of train
     if router is not None:
         known = [m for m in test.models if m in router.models_ and m in prices]
         if len(known) < 2:
@@ -279,7 +290,6 @@ def run_replay(
         train_best = train.models[best_model_index(train.success, train.cost)] if train.n_prompts else None
         learned.append(LearnedRouter(router_name, router, policies, getattr(router, "selection_", None), train_best))
     else:
-        fitted: dict[str, tuple[Router, np.ndarray, np.ndarray]] = {}
         for kind in predictors:
             members = get_predictor(kind).members
             if members and all(m in fitted for m in members):
@@ -301,6 +311,11 @@ def run_replay(
     echo(f"replaying on {test.n_prompts} held-out prompts")
     rows = list(replay_rows(test, train, learned, prices, n_knobs=n_knobs, seed=seed, extra_knobs=extra))
     curve, decisions, metrics, ref = summarise(test, rows, point_knobs)
+    cascade_decisions = None
+    if cascades:
+        from training.cascades import add_cascade_rows
+
+        curve, metrics, cascade_decisions, cascade_meta = add_cascade_rows(train, test, learned, fitted, prices, ref, curve, metrics, folds=folds, seed=seed, max_models=cascade_models, echo=echo)
     meta = {
         "models": list(test.models),
         "single_models": list(test.models),
@@ -321,7 +336,9 @@ def run_replay(
         "selections": selections,
         "datasets": sorted(set(map(str, matrix.datasets))),
     }
-    return ReplayResult(test, curve, decisions, metrics, ref, meta)
+    if cascades:
+        meta["cascades"] = cascade_meta
+    return ReplayResult(test, curve, decisions, metrics, ref, meta, cascade_decisions)
 
 
 # ----------------------------------------------------------------------------- outputs
@@ -339,10 +356,14 @@ TABLE_COLUMNS = (
     ("margin_vs_fixed", "vs fixed", "{:+.4f}"),
 )
 TWO_MODEL_COLUMNS = (("apgr", "APGR", "{:.3f}"), ("cpt50", "CPT50", "{:.3f}"), ("cpt80", "CPT80", "{:.3f}"))
+# with cascades: calls per request, latency (proxy) and the latency of calls whose answer was not returned
+CASCADE_COLUMNS = (("calls_per_request", "calls", "{:.2f}"), ("latency_s", "latency s", "{:.2f}"), ("added_latency_s", "+latency s", "{:.2f}"))
 
 
 def format_table(result: ReplayResult) -> str:
     columns = TABLE_COLUMNS + (TWO_MODEL_COLUMNS if result.reference.strong is not None else ())
+    if result.cascade_decisions is not None:
+        columns += CASCADE_COLUMNS
     width = max(len(k) for k in result.metrics) + 2
     head = f"{'router':<{width}}" + "".join(f"{label:>11}" for _, label, _ in columns)
     lines = [head, "-" * len(head)]
@@ -361,6 +382,9 @@ def format_table(result: ReplayResult) -> str:
     best = result.best_learned()
     if best:
         lines.append(f"best learned router: {best}, gap closed {result.metrics[best]['gap_closed']:+.3f}")
+    cascade = result.best_cascade()
+    if cascade:
+        lines.append(f"best cascade: {cascade}, gap closed {result.metrics[cascade]['gap_closed']:+.3f} (tokens, USD and latency count every call)")
     return "\n".join(lines)
 
 
@@ -378,7 +402,8 @@ def _json_safe(value):
 
 
 def write_outputs(result: ReplayResult, out_dir: str | Path, title: str = "") -> dict[str, Path]:
-    """``metrics.json``, ``curve.csv``, ``decisions.parquet``, ``frontier.png`` and ``replay.json`` in ``out_dir``.
+    """``metrics.json``, ``curve.csv``, ``decisions.parquet``, ``frontier.png`` and ``replay.json`` in ``out_dir``
+    (and ``cascade_decisions.parquet`` when cascades were replayed).
 
     In ``metrics.json`` a non-finite number is written as ``null``, as JSON has
     none: not defined (APGR on logs with more than two models) or never reached
@@ -396,6 +421,9 @@ def write_outputs(result: ReplayResult, out_dir: str | Path, title: str = "") ->
     paths["metrics"].write_text(json.dumps(_json_safe(result.metrics), indent=2))
     result.curve.to_csv(paths["curve"], index=False, float_format="%.17g")
     result.decisions.to_parquet(paths["decisions"], index=False)
+    if result.cascade_decisions is not None:
+        paths["cascade_decisions"] = out / "cascade_decisions.parquet"
+        result.cascade_decisions.to_parquet(paths["cascade_decisions"], index=False)
     paths["meta"].write_text(json.dumps(_json_safe(result.meta), indent=2))
     frontier_plot(result, paths["plot"], title)
     return paths
@@ -429,7 +457,7 @@ def frontier_plot(result: ReplayResult, path: Path, title: str = "") -> Path:
             ax.scatter(pts.cost, pts.quality, marker=marker, s=90, zorder=6, color=colours[k % len(colours)], label=f"{name}")
         else:
             x, y = pareto_hull(pts.cost.to_numpy(), pts.quality.to_numpy())
-            style = ":" if name in (ORACLE, TASK_PRIOR) else "-"
+            style = ":" if name in (ORACLE, TASK_PRIOR) else ("-." if name.startswith(CASCADE_PREFIX) else "-")
             colour = "grey" if name == ORACLE else colours[k % len(colours)]
             ax.scatter(pts.cost, pts.quality, s=3, alpha=0.35, color=colour)
             ax.plot(np.r_[x, ref.hi], np.r_[y, y[-1]], linestyle=style, linewidth=1.3, color=colour, label=f"{name} (AIQ {aiq_value:.3f})")
@@ -458,6 +486,7 @@ def log_to_mlflow(result: ReplayResult, paths: dict[str, Path], experiment: str,
         tracking.log_metrics_nested(result.metrics, prefix="replay/")
         for key in ("metrics", "curve", "plot", "meta"):
             mlflow.log_artifact(str(paths[key]))
-        if paths["decisions"].stat().st_size < 64 * 2**20:
-            mlflow.log_artifact(str(paths["decisions"]))
+        for key in ("decisions", "cascade_decisions"):
+            if key in paths and paths[key].stat().st_size < 64 * 2**20:
+                mlflow.log_artifact(str(paths[key]))
         return run.info.run_id
