@@ -361,6 +361,7 @@ def passes_format(text: str | None, kind: str = "auto") -> bool:
 
 # ----------------------------------------------------------------------------- whole responses
 
+_HASHES = re.compile(r"^\s*####\s*(.+?)\s*$", re.MULTILINE)
 _ANSWER_IS = re.compile(r"(?:final\s+answer|the\s+answer)\s*(?:is|:)\s*:?\s*(.+?)\s*(?:\n|$)", re.IGNORECASE)
 
 
@@ -369,7 +370,8 @@ def extract_answer(response: str | None) -> str | None:
 
     In order: a JSON object's ``"answer"`` field (the ZeroEval format), the
     last ``\\boxed{...}``, the text after the last "the answer is" / "final
-    answer:", else a response of one short line as a whole.
+    answer:", the last ``#### ...`` line (GSM8K), else a response of one short
+    line as a whole.
     """
     if _missing(response) or not str(response).strip():
         return None
@@ -383,6 +385,9 @@ def extract_answer(response: str | None) -> str | None:
     matches = _ANSWER_IS.findall(text)
     if matches:
         return matches[-1].strip().rstrip(".")
+    marked = _HASHES.findall(text)  # GSM8K's "#### 18"
+    if marked:
+        return marked[-1].strip()
     stripped = text.strip()
     if "\n" not in stripped and len(stripped) <= 100:
         return stripped

@@ -74,6 +74,7 @@ class AnswerView:
     codes: np.ndarray  # (r, c) int
     valid: np.ndarray  # (r, c) bool: passes the format check
     p: np.ndarray  # (r, c) router-predicted success, NaN when unknown
+    tokens: np.ndarray  # (r, c) output tokens of each call (its usage), NaN when unknown
     candidate: np.ndarray  # (r,) column of ``called`` whose answer the stage would return
     support: np.ndarray  # (r,) models called so far that agree with the candidate
 
@@ -90,12 +91,13 @@ class AnswerView:
         return self.valid[self.rows, self.candidate]
 
 
-def answer_view(stage: int, called: Sequence[str], stage_columns: Sequence[int], codes, valid, p=None) -> AnswerView:
+def answer_view(stage: int, called: Sequence[str], stage_columns: Sequence[int], codes, valid, p=None, tokens=None) -> AnswerView:
     """The view of stage ``stage``: candidate answer and support per row (see the module conventions)."""
     codes = np.asarray(codes, dtype=np.int64)
     valid = np.asarray(valid, dtype=bool)
     r, c = codes.shape
     p = np.full((r, c), np.nan) if p is None else np.asarray(p, dtype=np.float64)
+    tokens = np.full((r, c), np.nan) if tokens is None else np.asarray(tokens, dtype=np.float64)
     codes = np.where(valid, codes, NO_ANSWER)  # an answer failing the format check agrees with nothing
     cols = np.asarray(stage_columns, dtype=np.int64)
     answered = codes >= 0
@@ -113,6 +115,7 @@ def answer_view(stage: int, called: Sequence[str], stage_columns: Sequence[int],
         codes=codes,
         valid=valid,
         p=p,
+        tokens=tokens,
         candidate=pick,
         support=support_all[rows, pick],
     )
@@ -225,23 +228,25 @@ def acceptance_features(view: AnswerView) -> np.ndarray:
 
     Per model called so far, in call order: logit of its predicted success,
     whether its answer equals the candidate's, whether its answer passes the
-    format check. Then: the candidate's support as a share of the models
-    called, the number of distinct valid answers as a share, the candidate's
-    format flag and the logit of its predicted success. ``3c + 4`` columns for
-    ``c`` models called.
+    format check, log(1 + its output tokens) (long answers are more often
+    wrong; 0 when unknown). Then: the candidate's support as a share of the
+    models called, the number of distinct valid answers as a share, the
+    candidate's format flag and the logit of its predicted success. ``4c + 4``
+    columns for ``c`` models called.
     """
     rows = view.rows
     r, c = view.codes.shape
     cand_code = view.codes[rows, view.candidate]
     agree = (view.codes == cand_code[:, None]) & (cand_code[:, None] >= 0)
     distinct = np.array([len(set(row[row >= 0].tolist())) for row in view.codes], dtype=np.float64) if r else np.zeros(0)
-    per_model = np.concatenate([_logit(view.p), agree, view.valid], axis=1).astype(np.float64)
+    tokens = np.log1p(np.maximum(np.nan_to_num(view.tokens, nan=0.0), 0.0))
+    per_model = np.concatenate([_logit(view.p), agree, view.valid, tokens], axis=1).astype(np.float64)
     summary = np.column_stack([view.support / c, distinct / c, view.candidate_valid, _logit(view.candidate_p)])
     return np.concatenate([per_model, summary], axis=1)
 
 
 def n_acceptance_features(n_called: int) -> int:
-    return 3 * n_called + 4
+    return 4 * n_called + 4
 
 
 @dataclass(frozen=True)
@@ -306,16 +311,27 @@ def acceptance_test_from_dict(data: Mapping, where: str = "acceptance test") -> 
 
 @dataclass(frozen=True)
 class Stage:
-    """Models called in parallel, and the test their answer must pass for the cascade to stop here."""
+    """Models called in parallel, and the test their answer must pass for the cascade to stop here.
+
+    ``enter`` (0 = always): the stage is called only if the router predicts at
+    least this success for one of its models; otherwise the request goes
+    straight to the last stage (the router already says the cheap answer will
+    fail). Ignored on the last stage.
+    """
 
     models: tuple[str, ...]
     accept: AcceptanceTest = field(default_factory=Always)
+    enter: float = 0.0
 
     def __post_init__(self):
         object.__setattr__(self, "models", tuple(self.models))
+        object.__setattr__(self, "enter", float(self.enter))
 
     def to_dict(self) -> dict:
-        return {"models": list(self.models), "accept": self.accept.to_dict()}
+        out = {"models": list(self.models), "accept": self.accept.to_dict()}
+        if self.enter > 0:
+            out["enter"] = self.enter
+        return out
 
 
 @dataclass(frozen=True)
@@ -370,16 +386,51 @@ class Cascade:
     def called_through(self, stage: int) -> list[str]:
         return [m for s in self.stages[: stage + 1] for m in s.models]
 
+    def enters(self, stage: int, p: Mapping[str, float] | None) -> bool:
+        """Whether a request with router predictions ``p`` calls stage ``stage`` (see :class:`Stage`).
+
+        Without a prediction for any of the stage's models a gated stage is skipped.
+        """
+        gate = self.stages[stage].enter
+        if stage == len(self.stages) - 1 or gate <= 0:
+            return True
+        values = [p.get(m, math.nan) for m in self.stages[stage].models] if p is not None else []
+        return any(v >= gate for v in values if v == v)
+
+    def plan(self, p: Mapping[str, float] | None = None) -> list[int]:
+        """The stages a request may run, in order: each entered stage until a gate fails, then the last."""
+        out = []
+        for k in range(len(self.stages) - 1):
+            if not self.enters(k, p):
+                break
+            out.append(k)
+        return out + [len(self.stages) - 1]
+
     def stage_columns(self, stage: int) -> tuple[int, ...]:
         start = len(self.called_through(stage - 1)) if stage > 0 else 0
         return tuple(range(start, start + len(self.stages[stage].models)))
+
+    def worst_case_cost(self, expected_cost: Mapping[str, float], p: Mapping[str, float] | None = None) -> float:
+        """The cost if every stage of the plan runs: the sum of its models' expected costs (what a budget must book).
+
+        With ``p`` the plan is the request's (gated stages it will skip are not
+        booked); without, every stage.
+        """
+        stages = self.plan(p) if p is not None else range(len(self.stages))
+        models = [m for k in stages for m in self.stages[k].models]
+        missing = [m for m in models if m not in expected_cost]
+        if missing:
+            raise CascadeError(f"cascade {self.name!r}: no expected cost for {missing}")
+        return float(sum(expected_cost[m] for m in models))
 
     def describe(self) -> str:
         parts = []
         for k, stage in enumerate(self.stages):
             models = "+".join(stage.models)
-            test = "" if k == len(self.stages) - 1 else f" [{stage.accept.describe()}]"
-            parts.append(models + test)
+            last = k == len(self.stages) - 1
+            gate = f"(p>={stage.enter:.3g}) " if stage.enter > 0 and not last else ""
+            test = "" if last else f" [{stage.accept.describe()}]"
+            parts.append(gate + models + test)
         return " -> ".join(parts)
 
     # -- answers -------------------------------------------------------
@@ -389,32 +440,46 @@ class Cascade:
     def passes_format(self, answer: str | None) -> bool:
         return passes_format(answer, self.answer_kind)
 
-    def view(self, stage: int, answers: Sequence[Sequence[str | None]], p=None) -> AnswerView:
+    def view(self, stage: int, answers: Sequence[Sequence[str | None]], p=None, tokens=None) -> AnswerView:
         """The view after ``stage`` of raw answers, one row per request, columns in call order."""
-        called = self.called_through(stage)
+        return self._view(stage, self.called_through(stage), self.stage_columns(stage), answers, p, tokens)
+
+    def _view(self, stage, called, stage_columns, answers, p=None, tokens=None) -> AnswerView:
         normalised = [[self.normalise(a) for a in row] for row in answers]
         valid = np.array([[self.passes_format(a) for a in row] for row in answers], dtype=bool).reshape(len(answers), len(called))
-        return answer_view(stage, called, self.stage_columns(stage), answer_codes(normalised).reshape(len(answers), len(called)), valid, p)
+        return answer_view(stage, called, stage_columns, answer_codes(normalised).reshape(len(answers), len(called)), valid, p, tokens)
 
-    def decide(self, stage: int, answers: Mapping[str, str | None], p: Mapping[str, float] | None = None) -> Verdict:
+    def decide(
+        self,
+        stage: int,
+        answers: Mapping[str, str | None],
+        p: Mapping[str, float] | None = None,
+        output_tokens: Mapping[str, float] | None = None,
+    ) -> Verdict:
         """After ``stage`` (0-based) has run: return its answer, or go on to the next stage?
 
         ``answers`` maps every model called so far to its final answer (for a
         whole response, :func:`router.answers.extract_answer` first); a model
         whose call failed maps to None. ``p`` maps models to the router's
         predicted success for this prompt (needed by ``confidence`` and
-        ``learned`` tests).
+        ``learned`` tests and by gates); ``output_tokens`` the completion
+        tokens each call used (a feature of ``learned`` tests). Serving runs
+        the stages of :meth:`plan` in order and stops at the first accepted.
         """
         if not 0 <= stage < len(self.stages):
             raise CascadeError(f"cascade {self.name!r} has {len(self.stages)} stage(s); no stage {stage + 1}")
+        final = stage == len(self.stages) - 1
         called = self.called_through(stage)
+        if final:  # reached after a gate skipped earlier stages: only their models that ran
+            called = [m for m in called if m in answers or m in self.stages[stage].models]
         missing = [m for m in called if m not in answers]
         if missing:
             raise CascadeError(f"cascade {self.name!r}, stage {stage + 1}: no answer given for {missing}")
         row = [answers[m] for m in called]
         probs = None if p is None else np.array([[p.get(m, math.nan) for m in called]], dtype=np.float64)
-        view = self.view(stage, [row], probs)
-        final = stage == len(self.stages) - 1
+        tokens = None if output_tokens is None else np.array([[output_tokens.get(m, math.nan) for m in called]], dtype=np.float64)
+        own = len(self.stages[stage].models)
+        view = self._view(stage, called, tuple(range(len(called) - own, len(called))), [row], probs, tokens)
         score = float(self.stages[stage].accept.score(view)[0])
         accept = final or bool(score >= self.stages[stage].accept.threshold)
         j = int(view.candidate[0])
@@ -438,7 +503,10 @@ class Cascade:
             if not isinstance(item, Mapping) or not isinstance(item.get("models"), list) or not all(isinstance(m, str) for m in item["models"]):
                 raise CascadeError(f"{where}: expected {{'models': [model ids], 'accept': {{...}}}}, got {item!r}")
             accept = acceptance_test_from_dict(item.get("accept", {"test": "always"}), where)
-            stages.append(Stage(tuple(item["models"]), accept))
+            enter = item.get("enter", 0.0)
+            if not isinstance(enter, (int, float)) or isinstance(enter, bool) or not 0 <= enter <= 1:
+                raise CascadeError(f"{where}: 'enter' must be a predicted success in [0, 1], got {enter!r}")
+            stages.append(Stage(tuple(item["models"]), accept, float(enter)))
         return cls(name, tuple(stages), str(data.get("answer_kind", "auto")))
 
 

@@ -235,6 +235,7 @@ RESPONSES = [
     ("We get $x=3$, so the result is \\boxed{\\frac{1}{3}}.", "\\frac{1}{3}"),
     ("Step 1 ... Step 2 ...\nThe answer is (C).", "(C)"),
     ("Work.\nFinal answer: 1,024", "1,024"),
+    ("16 - 3 = 13 eggs.\n9 * 2 = <<9*2=18>>18.\n#### 18", "18"),
     ("Paris", "Paris"),
     ("", None),
     ("A long explanation\nover two lines without any stated answer", None),

@@ -118,13 +118,15 @@ def test_learned_test_scores_its_features():
 
 
 def test_learned_features_layout():
-    view = answer_view(0, ["a", "b"], (0, 1), np.array([[0, 0]]), np.array([[True, True]]), np.array([[0.5, 0.9]]))
+    view = answer_view(0, ["a", "b"], (0, 1), np.array([[0, 1]]), np.array([[True, True]]), np.array([[0.5, 0.9]]), np.array([[99.0, np.nan]]))
     x = acceptance_features(view)
-    assert x.shape == (1, n_acceptance_features(2))
+    assert x.shape == (1, n_acceptance_features(2)) == (1, 12)
     assert x[0, 0] == pytest.approx(0.0)  # logit 0.5
     assert x[0, 1] == pytest.approx(math.log(9))
-    assert x[0, 2:4].tolist() == [1.0, 1.0]  # both agree with the candidate
-    assert x[0, 6] == 1.0  # support share
+    assert x[0, 2:4].tolist() == [0.0, 1.0]  # only b agrees with the candidate (b: the tie goes to the later model)
+    assert x[0, 4:6].tolist() == [1.0, 1.0]  # both pass the format check
+    assert x[0, 6:8].tolist() == pytest.approx([math.log(100), 0.0])  # log(1 + output tokens); unknown -> 0
+    assert x[0, 8:].tolist() == pytest.approx([0.5, 1.0, 1.0, math.log(9)])  # support share, distinct share, valid, logit p
 
 
 def test_decide_needs_every_called_model_and_a_real_stage():
@@ -169,7 +171,7 @@ def test_registry_lookup_error_names_the_choices():
         ({"name": "x", "stages": [{"models": "a"}]}, "stage 1: expected"),
         ({"name": "x", "stages": [{"models": ["a"]}, {"models": ["a"]}]}, "stage 2 calls a model called before"),
         ({"name": "x", "answer_kind": "roman", "stages": [{"models": ["a"]}]}, "unknown answer kind 'roman'"),
-        ({"name": "x", "stages": [{"models": ["a", "b"], "accept": {"test": "learned", "coef": [1.0, 2.0]}}, {"models": ["c"]}]}, "stage 1's learned test has 2 coefficients; 10 expected"),
+        ({"name": "x", "stages": [{"models": ["a", "b"], "accept": {"test": "learned", "coef": [1.0, 2.0]}}, {"models": ["c"]}]}, "stage 1's learned test has 2 coefficients; 12 expected"),
         ({"name": "x", "stages": [{"models": []}]}, "stage 1: expected|calls no model"),
     ],
 )
@@ -183,3 +185,29 @@ def test_last_stage_test_is_ignored_and_always_is_the_default():
     v = cascade.decide(0, {"a": "whatever"})
     assert v.accept and v.final and v.model == "a"
     assert Stage(("a",)).accept == Always()
+
+
+def test_worst_case_cost_books_every_stage():
+    cascade = agree_cascade()
+    assert cascade.worst_case_cost({"a": 0.001, "b": 0.002, "c": 0.01}) == pytest.approx(0.013)
+    with pytest.raises(CascadeError, match=r"no expected cost for \['c'\]"):
+        cascade.worst_case_cost({"a": 0.001, "b": 0.002})
+
+
+def test_a_profile_can_hold_a_cascade(tmp_path):
+    from router.profiles import Profile, ProfileError, load_profile, load_profiles, save_profile
+
+    cascade = agree_cascade()
+    path = save_profile(Profile(name="pair", cascade=cascade.to_dict(), router_uri="models:/thrifty@champion"), tmp_path)
+    loaded = load_profile(path)
+    assert loaded.make_cascade() == cascade
+    assert load_profiles(tmp_path)["pair"].make_cascade().describe() == "a+b [agree>=2] -> c"
+    assert Profile(name="single").make_cascade() is None
+    with pytest.raises(ProfileError, match="profile 'bad': cascade 'x', stage 1: unknown acceptance test 'vibes'"):
+        save_profile(Profile(name="bad", cascade={"name": "x", "stages": [{"models": ["a"], "accept": {"test": "vibes"}}]}), tmp_path)
+    assert not (tmp_path / "bad.json").exists()
+    broken = json.loads(path.read_text())
+    broken["cascade"]["stages"] = []
+    (tmp_path / "broken.json").write_text(json.dumps({**broken, "name": "broken"}))
+    with pytest.raises(ProfileError, match="broken.json: profile 'broken': .*non-empty list"):
+        load_profile(tmp_path / "broken.json")

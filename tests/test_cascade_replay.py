@@ -247,3 +247,44 @@ def test_replay_cli_cascades_on_real_logs_and_independent_recomputation(zeroeval
         assert len(row) == 1
         assert row.quality.iloc[0] == pytest.approx(metrics[name]["success_rate"])
         assert row.cost.iloc[0] == pytest.approx(metrics[name]["usd_per_request"])
+
+
+def test_search_scores_equal_the_replay_of_the_cascades_it_builds():
+    """The vectorised search and run_cascade (the serving semantics, gates included) agree on every setting."""
+    matrix = synthetic_answers(400, seed=11)
+    rng = np.random.default_rng(2)
+    p = np.clip(0.6 * matrix.success + 0.4 * rng.random(matrix.success.shape), 0, 1)  # an informative router
+    data = cascade_data(matrix, p, "number")
+    search = CascadeSearch(data, [np.arange(0, 200), np.arange(200, 400)], max_models=3)
+    gated = 0
+    for family in ("fixed", "confidence"):
+        found = search.search(family)
+        assert len(found.settings) >= 2
+        for setting in found.settings:
+            out = run_cascade(setting.cascade, data)
+            assert out.cost.mean() == pytest.approx(setting.cost, rel=1e-12)
+            assert out.success.mean() == pytest.approx(setting.quality, rel=1e-12)
+            assert np.array_equal(out.success, setting.success)
+            gated += setting.cascade.stages[0].enter > 0
+    assert gated > 0  # some front setting skips the cheap stage where the router expects it to fail
+
+
+def test_a_gate_sends_unpromising_prompts_straight_to_the_last_stage():
+    matrix = hand_matrix()
+    p = np.array([[0.9, 0.9, 0.9], [0.1, 0.2, 0.9], [0.9, 0.9, 0.9], [0.3, 0.5, 0.9]])
+    data = cascade_data(matrix, p, "number", LatencyProxy(overhead_s=0.5, tokens_per_s=50.0))
+    gated = Cascade("gated", (Stage(("a", "b"), Agreement(2), enter=0.4), Stage(("c",))), "number")
+    out = run_cascade(gated, data)
+    # p1: neither a (0.1) nor b (0.2) reaches 0.4: only c is called; p3: b (0.5) does: the pair runs
+    assert [[MODELS[j] for j in called] for called in out.called] == [["a", "b"], ["c"], ["a", "b", "c"], ["a", "b", "c"]]
+    assert out.cost.tolist() == pytest.approx([0.003, 0.020, 0.034, 0.043])
+    assert out.latency.tolist() == pytest.approx([2.5, 6.5, 7.0, 4.0])
+    assert out.added_latency[1] == pytest.approx(0.0)
+    assert gated.plan({"a": 0.1, "b": 0.2, "c": 0.9}) == [1]
+    assert gated.plan({"a": 0.1, "b": 0.5}) == [0, 1]
+    assert gated.plan(None) == [1]  # no prediction: a gated stage is skipped
+    assert gated.worst_case_cost({"a": 1.0, "b": 2.0, "c": 10.0}, {"a": 0.1, "b": 0.2}) == 10.0
+    assert gated.worst_case_cost({"a": 1.0, "b": 2.0, "c": 10.0}) == 13.0
+    # serving reaches the last stage with only its own answer
+    verdict = gated.decide(1, {"c": "3"}, {"a": 0.1, "b": 0.2, "c": 0.9})
+    assert verdict.accept and verdict.model == "c" and verdict.answer == "3"

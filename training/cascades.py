@@ -31,12 +31,13 @@ tests on the stages before the last:
 Every setting is scored on the training prompts with *out-of-fold* inputs —
 the router's predictions come from routers that did not see the prompt
 (``training.tune.oof_scores``), the learned tests from models fitted on the
-other folds — and the settings on the upper hull of (mean cost, mean
-success) over the training prompts become the family's knob settings (knob =
-the setting's mean cost on the training prompts). The learned tests of those
+other folds — and the settings on the Pareto front of (mean cost, mean
+success) over the training prompts (no other setting is as cheap and better)
+become the family's knob settings (knob = the setting's mean cost on the
+training prompts), as a router's knob sweep does. The learned tests of those
 settings are then refitted on all training prompts, and only then is each
 setting replayed on the test prompts. The *default* setting of a family is
-the cheapest hull setting whose success on the training prompts is at least
+the cheapest front setting whose success on the training prompts is at least
 the best single model's there, by one standard error of the paired
 difference; without one, the most successful.
 """
@@ -71,6 +72,8 @@ FAMILIES = ("fixed", "confidence", "learned")
 PREFIX = "cascade/"
 # accept shares swept for threshold tests: thresholds are these quantiles of the stage's scores
 QUANTILE_LEVELS = (0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
+# first-stage gates swept (router-based families): skip to the last stage for this share of prompts, the least promising
+GATE_LEVELS = (0.1, 0.25, 0.4, 0.55, 0.7)
 
 
 class CascadeSearchError(ValueError):
@@ -210,37 +213,54 @@ def run_cascade(cascade: Cascade, data: CascadeData) -> CascadeOutcome:
     n = data.n_prompts
     rows = np.arange(n)
     done = np.zeros(n, dtype=bool)
+    skipped = np.zeros(n, dtype=bool)  # a gate sent the prompt straight to the last stage
+    ran = np.zeros((n, len(cascade.stages)), dtype=bool)
     answered = np.full(n, -1)
     stop = np.full(n, -1)
     last = len(cascade.stages) - 1
     for k, stage in enumerate(cascade.stages):
         cols = data.columns(cascade.called_through(k))
-        view = answer_view(k, cascade.called_through(k), cascade.stage_columns(k), data.codes[:, cols], data.valid[:, cols], data.p[:, cols])
-        accept = np.ones(n, dtype=bool) if k == last else stage.accept.accept(view)
-        newly = ~done & accept
+        view = answer_view(k, cascade.called_through(k), cascade.stage_columns(k), data.codes[:, cols], data.valid[:, cols], data.p[:, cols], data.output_tokens[:, cols])
+        if k == last:
+            go = ~done
+            accept = np.ones(n, dtype=bool)  # its candidate is its own models' vote: the same whether or not stages were skipped
+        else:
+            gate = stage_gate(stage, data)
+            go = ~done & ~skipped & gate
+            skipped |= ~done & ~skipped & ~gate
+            accept = stage.accept.accept(view)
+        ran[go, k] = True
+        newly = go & accept
         answered[newly] = np.asarray(cols)[view.candidate[newly]]
         stop[newly] = k
         done |= newly
-    return _outcome(cascade, data, answered, stop, rows)
+    return _outcome(cascade, data, answered, stop, ran, rows)
 
 
-def _outcome(cascade: Cascade, data: CascadeData, answered: np.ndarray, stop: np.ndarray, rows: np.ndarray) -> CascadeOutcome:
+def stage_gate(stage: Stage, data: CascadeData) -> np.ndarray:
+    """Prompts whose router prediction lets them enter ``stage`` (:meth:`router.cascade.Cascade.enters`)."""
+    if stage.enter <= 0:
+        return np.ones(data.n_prompts, dtype=bool)
+    p = data.p[:, data.columns(stage.models)]
+    return (np.where(np.isnan(p), -np.inf, p) >= stage.enter).any(axis=1)
+
+
+def _outcome(cascade: Cascade, data: CascadeData, answered: np.ndarray, stop: np.ndarray, ran: np.ndarray, rows: np.ndarray) -> CascadeOutcome:
     n = len(rows)
     cost = np.zeros(n)
     tin = np.zeros(n)
     tout = np.zeros(n)
     latency = np.zeros(n)
     calls = np.zeros(n)
-    for k, stage in enumerate(cascade.stages):
-        cols = data.columns(stage.models)
-        reached = stop >= k
+    stage_models = [data.columns(s.models) for s in cascade.stages]
+    for k, cols in enumerate(stage_models):
+        reached = ran[:, k]
         cost += reached * data.cost[:, cols].sum(axis=1)
         tin += reached * data.input_tokens[:, cols].sum(axis=1)
         tout += reached * data.output_tokens[:, cols].sum(axis=1)
         latency += reached * data.latency[:, cols].max(axis=1)
         calls += reached * len(cols)
-    stage_models = [data.columns(s.models) for s in cascade.stages]
-    called = [[c for s in stage_models[: int(k) + 1] for c in s] for k in stop]
+    called = [[c for k, cols in enumerate(stage_models) if ran[i, k] for c in cols] for i in rows]
     return CascadeOutcome(
         answered=answered,
         stop=stop,
@@ -282,8 +302,20 @@ def _predict(X, coef, intercept) -> np.ndarray:
 # ----------------------------------------------------------------------------- search
 
 
-def candidate_models(data: CascadeData, max_models: int = 8, near: float = 0.03) -> list[int]:
-    """Columns of the models on the training prompts' cost–quality hull, then those within ``near`` below it; cheapest first."""
+def pareto_front(cost: np.ndarray, quality: np.ndarray) -> list[int]:
+    """Indices of the points no other point beats (cheaper or as cheap, and better), cheapest first; ties: the first."""
+    order = np.lexsort((np.arange(len(cost)), -quality, cost))
+    front, best = [], -np.inf
+    for i in order:
+        if quality[i] > best + 1e-12:
+            front.append(int(i))
+            best = quality[i]
+    return front
+
+
+def candidate_models(data: CascadeData, max_models: int = 8, near: float = 0.03, min_models: int = 3) -> list[int]:
+    """Columns of the models on the training prompts' cost–quality hull, then those within ``near`` below it
+    (at least ``min_models``, the closest to the hull first, at most ``max_models``); cheapest first."""
     from training.metrics import hull_value
 
     mc, mq = data.cost.mean(axis=0), data.success.mean(axis=0)
@@ -291,8 +323,12 @@ def candidate_models(data: CascadeData, max_models: int = 8, near: float = 0.03)
     below = np.array([float(hull_value(hx, hy, c)) - q if c >= hx[0] else 0.0 for c, q in zip(mc, mq)])
     on_hull = [j for j in range(len(mc)) if any(mc[j] == x and mq[j] == y for x, y in zip(hx, hy))]
     # the hull's top vertex may come after a cheaper model of equal quality: keep vertices only once
-    rest = [j for j in np.argsort(below) if j not in on_hull and below[j] <= near]
-    chosen = (on_hull + rest)[: max(max_models, 2)]
+    rest = [int(j) for j in np.argsort(below, kind="stable") if j not in on_hull]
+    close = [j for j in rest if below[j] <= near]
+    chosen = on_hull + close
+    if len(chosen) < min_models:
+        chosen += [j for j in rest if j not in chosen][: min_models - len(chosen)]
+    chosen = chosen[: max(max_models, 2)]
     return sorted(chosen, key=lambda j: (mc[j], -mq[j]))
 
 
@@ -344,20 +380,32 @@ class Setting:
 @dataclass
 class FamilySearch:
     family: str
-    settings: list[Setting]  # the training hull, cheapest first
+    settings: list[Setting]  # the training prompts' Pareto front, cheapest first
     default: int  # index into settings
     n_evaluated: int
 
 
 class CascadeSearch:
-    """Evaluate every layout × test × threshold of a family on the training prompts; keep the hull.
+    """Evaluate every layout × test × threshold of a family on the training prompts; keep the Pareto front.
 
     ``folds``: row indices of the out-of-fold parts (grouped by prompt text)
     on which the learned tests are fitted and predicted.
     """
 
-    def __init__(self, data: CascadeData, folds: list[np.ndarray], *, max_models: int = 8, near: float = 0.03, max_stages: int = 3, levels=QUANTILE_LEVELS, z: float = 1.0):
+    def __init__(
+        self,
+        data: CascadeData,
+        folds: list[np.ndarray],
+        *,
+        max_models: int = 8,
+        near: float = 0.03,
+        max_stages: int = 3,
+        levels=QUANTILE_LEVELS,
+        gate_levels=GATE_LEVELS,
+        z: float = 1.0,
+    ):
         self.data = data
+        self.gate_levels = tuple(gate_levels)
         self.folds = folds
         self.max_models = max_models
         self.near = near
@@ -378,7 +426,7 @@ class CascadeSearch:
         d = self.data
         called = [c for s in stages for c in s]
         start = len(called) - len(stages[-1])
-        view = answer_view(len(stages) - 1, [d.models[c] for c in called], range(start, len(called)), d.codes[:, called], d.valid[:, called], d.p[:, called])
+        view = answer_view(len(stages) - 1, [d.models[c] for c in called], range(start, len(called)), d.codes[:, called], d.valid[:, called], d.p[:, called], d.output_tokens[:, called])
         rows = np.arange(d.n_prompts)
         cand = np.asarray(called)[view.candidate]
         pre = _Prefix(called, cand, d.success[rows, cand], d.cost[:, list(stages[-1])].sum(axis=1), view)
@@ -422,27 +470,42 @@ class CascadeSearch:
         return [(make(t), score >= t) for t in thresholds]
 
     # -- evaluation --------------------------------------------------------
+    def gates(self, family: str, layout) -> list[tuple[float, np.ndarray]]:
+        """(enter threshold, gate mask) options of the first stage; 0 = no gate. Only for router-based families."""
+        n = self.data.n_prompts
+        none = [(0.0, np.ones(n, dtype=bool))]
+        if family == "fixed" or len(layout) < 2:
+            return none
+        p = self.data.p[:, list(layout[0])]
+        top = np.where(np.isnan(p), -np.inf, p).max(axis=1)
+        finite = top[np.isfinite(top)]
+        if not len(finite):
+            return none
+        return none + [(float(t), top >= t) for t in np.unique(np.quantile(finite, self.gate_levels))]
+
     def search(self, family: str) -> FamilySearch:
-        d = self.data
         points_c, points_q, keys = [], [], []
         for layout in self.layouts():
             prefixes = [self.prefix(layout[: k + 1]) for k in range(len(layout))]
             options = [self.options(family, pre) for pre in prefixes[:-1]]
             if any(not o for o in options):
                 continue
-            cost, quality = self._grid(prefixes, options)
+            gates = self.gates(family, layout)
+            cost, quality = self._grid(prefixes, options, gates)
             for flat in range(cost.size):
                 points_c.append(cost.flat[flat])
                 points_q.append(quality.flat[flat])
-                keys.append((layout, np.unravel_index(flat, cost.shape) if cost.ndim else ()))
-        points_c, points_q = np.asarray(points_c), np.asarray(points_q)
-        hx, hy = pareto_hull(points_c, points_q)
-        chosen = [int(np.flatnonzero((points_c == x) & (points_q == y))[0]) for x, y in zip(hx, hy)]
+                keys.append((layout, np.unravel_index(flat, cost.shape)))
+        chosen = pareto_front(np.asarray(points_c), np.asarray(points_q))
         settings = [self._setting(family, keys[i], points_c[i], points_q[i], rank) for rank, i in enumerate(chosen)]
         return FamilySearch(family, settings, self._default(settings), len(keys))
 
-    def _grid(self, prefixes: list[_Prefix], options: list[list]) -> tuple[np.ndarray, np.ndarray]:
-        """Mean cost and success of every combination of the stages' options (one axis per non-final stage)."""
+    def _grid(self, prefixes: list[_Prefix], options: list[list], gates: list) -> tuple[np.ndarray, np.ndarray]:
+        """Mean cost and success of every gate × combination of the stages' options.
+
+        Axes: the first stage's gate, then one per non-final stage. A prompt
+        stopped by the gate pays and gets only the last stage.
+        """
         k_opts = len(options)
         shape = tuple(len(o) for o in options)
         n = self.data.n_prompts
@@ -459,9 +522,14 @@ class CascadeSearch:
             else:
                 stop_here = reach
             success = success + stop_here * pre.success.reshape((n,) + (1,) * k_opts)
-        cost = np.broadcast_to(cost, (n,) + shape).mean(axis=0)
-        success = np.broadcast_to(success, (n,) + shape).mean(axis=0)
-        return cost, success
+        cost = np.broadcast_to(cost, (n,) + shape).reshape(n, -1)
+        success = np.broadcast_to(success, (n,) + shape).reshape(n, -1)
+        # gated out: the last stage alone; mean over prompts as one product per gate
+        direct_c, direct_s = prefixes[-1].stage_cost, prefixes[-1].success
+        G = np.stack([mask for _, mask in gates], axis=1).astype(np.float64)  # (n, g)
+        mean_c = (direct_c.sum() + G.T @ (cost - direct_c[:, None])) / n
+        mean_s = (direct_s.sum() + G.T @ (success - direct_s[:, None])) / n
+        return mean_c.reshape((len(gates),) + shape), mean_s.reshape((len(gates),) + shape)
 
     def _per_prompt(self, family: str, layout, index) -> np.ndarray:
         prefixes = [self.prefix(layout[: k + 1]) for k in range(len(layout))]
@@ -469,16 +537,18 @@ class CascadeSearch:
         success = np.zeros(self.data.n_prompts)
         for k, pre in enumerate(prefixes):
             if k < len(prefixes) - 1:
-                acc = self.options(family, pre)[index[k]][1]
+                acc = self.options(family, pre)[index[k + 1]][1]
                 success += (reach & acc) * pre.success
                 reach &= ~acc
             else:
                 success += reach * pre.success
-        return success
+        gate = self.gates(family, layout)[index[0]][1]
+        return np.where(gate, success, prefixes[-1].success)
 
     def _setting(self, family: str, key, cost: float, quality: float, rank: int) -> Setting:
         layout, index = key
         d = self.data
+        enter = self.gates(family, layout)[index[0]][0]
         stages = []
         for k, models in enumerate(layout):
             names = tuple(d.models[c] for c in models)
@@ -486,11 +556,11 @@ class CascadeSearch:
                 stages.append(Stage(names, Always()))
                 continue
             pre = self.prefix(layout[: k + 1])
-            test = self.options(family, pre)[index[k]][0]
+            test = self.options(family, pre)[index[k + 1]][0]
             if isinstance(test, Learned):  # refit on every training prompt for the test split
                 coef, b = fit_acceptance(acceptance_features(pre.view), pre.success)
                 test = Learned(test.threshold, tuple(coef), b)
-            stages.append(Stage(names, test))
+            stages.append(Stage(names, test, enter if k == 0 else 0.0))
         cascade = Cascade(f"{family}-{rank}", tuple(stages), d.answer_kind)
         return Setting(cascade, float(cost), float(quality), self._per_prompt(family, layout, index))
 
@@ -531,7 +601,7 @@ def replay_cascades(
     max_models: int = 8,
     echo: Callable[[str], None] = lambda msg: None,
 ) -> CascadeReplay:
-    """Search each family on ``train`` (out-of-fold), replay its hull settings on ``test``; rows ``cascade/<family>``.
+    """Search each family on ``train`` (out-of-fold), replay its Pareto-front settings on ``test``; rows ``cascade/<family>``.
 
     ``p_train`` must be out-of-fold predictions of the training prompts and
     ``p_test`` the predictions of a router fitted on the training prompts only.
@@ -559,7 +629,7 @@ def replay_cascades(
     for family in families:
         found = search.search(family)
         name = PREFIX + family
-        echo(f"{name}: {found.n_evaluated} settings on {dtrain.n_prompts} training prompts; {len(found.settings)} on their hull")
+        echo(f"{name}: {found.n_evaluated} settings on {dtrain.n_prompts} training prompts; {len(found.settings)} on their Pareto front")
         outcomes = [run_cascade(s.cascade, dtest) for s in found.settings]
         knobs = [s.cost for s in found.settings]
         for knob, out in zip(knobs, outcomes):
@@ -618,11 +688,8 @@ def _family_metrics(ref: Reference, found: FamilySearch, outcomes: list[CascadeO
     costs = [float(o.cost.mean()) for o in outcomes]
     quals = [float(o.success.mean()) for o in outcomes]
     share = None if strong is None else [float(np.mean([strong in c for c in o.called])) for o in outcomes]
+    # a family whose front is one setting keeps its AIQ: the search found nothing better than that setting
     entry.update(curve_metrics(ref, costs, quals, share))
-    if len(outcomes) == 1:
-        for key in ("aiq", "gap_closed", "apgr", "cpt50", "cpt80"):
-            if key in entry:
-                entry[key] = float("nan")
     entry["margin_vs_fixed"] = margin_above(ref.fixed_x, ref.fixed_y, entry["usd_per_request"], entry["success_rate"])
     entry["settings"] = float(len(outcomes))
     return entry
@@ -634,14 +701,22 @@ def _family_metrics(ref: Reference, found: FamilySearch, outcomes: list[CascadeO
 def cascade_predictions(train: OutcomeMatrix, test: OutcomeMatrix, learned, fitted: dict, prices) -> tuple[np.ndarray, np.ndarray, str]:
     """Router predictions for the cascades: out-of-fold on the training prompts, the fitted router's on the test prompts.
 
-    The ensemble's when it was fitted, else the last predictor fitted. With a
-    given router (``--router``) nothing is out-of-fold: its predictions on the
-    training prompts are used as they are (it must not have seen the test prompts).
+    Of the predictors fitted, the one whose out-of-fold predictions have the
+    lowest Brier score on the training prompts. With a given router
+    (``--router``) nothing is out-of-fold: its predictions on the training
+    prompts are used as they are (it must not have seen the test prompts).
     """
     from training.replay import router_scores
 
     if fitted:
-        kind = "ensemble" if "ensemble" in fitted else list(fitted)[-1]
+        seen = train.observed
+
+        def brier(kind):
+            P = fitted[kind][1]
+            ok = seen & ~np.isnan(P)
+            return float(np.mean((P[ok] - train.success[ok]) ** 2)) if ok.any() else math.inf
+
+        kind = min(fitted, key=brier)
         router, p_train, _ = fitted[kind]
         return p_train, router_scores(router, test, prices).p, f"{kind} (out-of-fold on the training prompts)"
     item = learned[0]
