@@ -26,6 +26,21 @@ Conventions (stated once, used by serving and replay alike):
 * **Router predictions** ``p`` (predicted success per model, from the router
   that scored the prompt) are optional; tests that need them see NaN without
   them and do not accept.
+* **Gates**: a stage with ``enter > 0`` is called only if the router predicts
+  at least that success for one of its models; otherwise the request goes
+  straight to the last stage. :meth:`Cascade.plan` lists the stages a request
+  may run, and :meth:`Cascade.worst_case_cost` what a budget must book.
+
+Serving one request (what ``training.cascades.run_cascade`` replays)::
+
+    answers, tokens = {}, {}
+    for k in cascade.plan(p):
+        for model in cascade.stages[k].models:      # in parallel
+            answers[model] = extract_answer(response_text)   # router.answers
+            tokens[model] = completion_tokens
+        verdict = cascade.decide(k, answers, p, tokens)
+        if verdict.accept:
+            return the response of verdict.model
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ tests on the stages before the last:
 
 Every setting is scored on the training prompts with *out-of-fold* inputs —
 the router's predictions come from routers that did not see the prompt
-(``training.tune.oof_scores``), the learned tests from models fitted on the
+(``training.fit.fit_with_oof``), the learned tests from models fitted on the
 other folds — and the settings on the Pareto front of (mean cost, mean
 success) over the training prompts (no other setting is as cheap and better)
 become the family's knob settings (knob = the setting's mean cost on the
@@ -305,12 +305,9 @@ def _predict(X, coef, intercept) -> np.ndarray:
 def pareto_front(cost: np.ndarray, quality: np.ndarray) -> list[int]:
     """Indices of the points no other point beats (cheaper or as cheap, and better), cheapest first; ties: the first."""
     order = np.lexsort((np.arange(len(cost)), -quality, cost))
-    front, best = [], -np.inf
-    for i in order:
-        if quality[i] > best + 1e-12:
-            front.append(int(i))
-            best = quality[i]
-    return front
+    q = quality[order]
+    best_before = np.concatenate([[-np.inf], np.maximum.accumulate(q)[:-1]])
+    return [int(i) for i in order[q > best_before + 1e-12]]
 
 
 def candidate_models(data: CascadeData, max_models: int = 8, near: float = 0.03, min_models: int = 3) -> list[int]:
@@ -484,21 +481,25 @@ class CascadeSearch:
         return none + [(float(t), top >= t) for t in np.unique(np.quantile(finite, self.gate_levels))]
 
     def search(self, family: str) -> FamilySearch:
-        points_c, points_q, keys = [], [], []
+        costs, quals, grids = [], [], []  # per layout: flat arrays of its settings, and (layout, grid shape)
         for layout in self.layouts():
             prefixes = [self.prefix(layout[: k + 1]) for k in range(len(layout))]
             options = [self.options(family, pre) for pre in prefixes[:-1]]
             if any(not o for o in options):
                 continue
-            gates = self.gates(family, layout)
-            cost, quality = self._grid(prefixes, options, gates)
-            for flat in range(cost.size):
-                points_c.append(cost.flat[flat])
-                points_q.append(quality.flat[flat])
-                keys.append((layout, np.unravel_index(flat, cost.shape)))
-        chosen = pareto_front(np.asarray(points_c), np.asarray(points_q))
-        settings = [self._setting(family, keys[i], points_c[i], points_q[i], rank) for rank, i in enumerate(chosen)]
-        return FamilySearch(family, settings, self._default(settings), len(keys))
+            cost, quality = self._grid(prefixes, options, self.gates(family, layout))
+            costs.append(cost.ravel())
+            quals.append(quality.ravel())
+            grids.append((layout, cost.shape))
+        cost, quality = np.concatenate(costs), np.concatenate(quals)
+        starts = np.cumsum([0] + [len(c) for c in costs])
+        settings = []
+        for rank, i in enumerate(pareto_front(cost, quality)):
+            g = int(np.searchsorted(starts, i, side="right")) - 1
+            layout, shape = grids[g]
+            index = tuple(int(x) for x in np.unravel_index(i - starts[g], shape))
+            settings.append(self._setting(family, (layout, index), cost[i], quality[i], rank))
+        return FamilySearch(family, settings, self._default(settings), len(cost))
 
     def _grid(self, prefixes: list[_Prefix], options: list[list], gates: list) -> tuple[np.ndarray, np.ndarray]:
         """Mean cost and success of every gate × combination of the stages' options.

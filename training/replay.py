@@ -430,7 +430,7 @@ def write_outputs(result: ReplayResult, out_dir: str | Path, title: str = "") ->
 
 
 def frontier_plot(result: ReplayResult, path: Path, title: str = "") -> Path:
-    """Cost (log scale) against success: single models, best-fixed hull, oracle, baselines, learned routers."""
+    """Cost (log scale) against success: single models, best-fixed hull, oracle, baselines, learned routers, cascades."""
     from training.metrics import pareto_hull
     from training.plots import _pyplot
 
@@ -446,7 +446,8 @@ def frontier_plot(result: ReplayResult, path: Path, title: str = "") -> Path:
     hx, hy = ref.fixed_x, ref.fixed_y
     ax.plot(np.r_[hx, ref.hi], np.r_[hy, hy[-1]], color="black", linestyle="--", linewidth=1.2, label=f"best fixed (AIQ {ref.aiq_fixed:.3f})")
     colours = list(plt.get_cmap("tab20").colors)
-    k = 0
+    cascade_colours = list(plt.get_cmap("Dark2").colors)
+    k = c = 0
     for name in [n for n in result.metrics if n not in result.single_models and n != BEST_FIXED]:
         pts = curve[curve.router == name]
         if not len(pts):
@@ -455,9 +456,18 @@ def frontier_plot(result: ReplayResult, path: Path, title: str = "") -> Path:
         if len(pts) == 1:
             marker = "*" if name.endswith(SERVED) else "X"
             ax.scatter(pts.cost, pts.quality, marker=marker, s=90, zorder=6, color=colours[k % len(colours)], label=f"{name}")
+        elif name.startswith(CASCADE_PREFIX):  # cascades stand out: thick dash-dot hulls, their default point marked
+            x, y = pareto_hull(pts.cost.to_numpy(), pts.quality.to_numpy())
+            colour = cascade_colours[c % len(cascade_colours)]
+            c += 1
+            ax.scatter(pts.cost, pts.quality, s=4, alpha=0.4, color=colour)
+            ax.plot(np.r_[x, ref.hi], np.r_[y, y[-1]], linestyle="-.", linewidth=2.0, color=colour, label=f"{name} (AIQ {aiq_value:.3f}, all calls)")
+            entry = result.metrics[name]
+            ax.scatter([entry["usd_per_request"]], [entry["success_rate"]], marker="D", s=45, zorder=7, color=colour, edgecolors="black")
+            continue
         else:
             x, y = pareto_hull(pts.cost.to_numpy(), pts.quality.to_numpy())
-            style = ":" if name in (ORACLE, TASK_PRIOR) else ("-." if name.startswith(CASCADE_PREFIX) else "-")
+            style = ":" if name in (ORACLE, TASK_PRIOR) else "-"
             colour = "grey" if name == ORACLE else colours[k % len(colours)]
             ax.scatter(pts.cost, pts.quality, s=3, alpha=0.35, color=colour)
             ax.plot(np.r_[x, ref.hi], np.r_[y, y[-1]], linestyle=style, linewidth=1.3, color=colour, label=f"{name} (AIQ {aiq_value:.3f})")
