@@ -288,3 +288,16 @@ def test_a_gate_sends_unpromising_prompts_straight_to_the_last_stage():
     # serving reaches the last stage with only its own answer
     verdict = gated.decide(1, {"c": "3"}, {"a": 0.1, "b": 0.2, "c": 0.9})
     assert verdict.accept and verdict.model == "c" and verdict.answer == "3"
+
+
+def test_replay_cli_cascades_without_answers_is_one_clear_line(tmp_path, thrifty_home):
+    from tests.synthetic import prices_csv, synthetic_logs
+    from training.cli import replay
+
+    logs = tmp_path / "logs.parquet"
+    synthetic_logs(60, seed=2).to_parquet(logs)
+    args = ["--logs", str(logs), "--prices", prices_csv(tmp_path / "p.csv"), "--out", str(tmp_path / "o"), "--no-mlflow", "--cascades"]
+    result = CliRunner().invoke(replay, args)
+    assert result.exit_code == 1
+    assert "Error: --cascades: the logs carry no parsed answers (column 'answer')" in result.output
+    assert "Traceback" not in result.output and "fitting" not in result.output

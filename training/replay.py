@@ -264,6 +264,8 @@ def run_replay(
 
     full = OutcomeMatrix.from_frame(frame)
     matrix, dropped_models, dropped_prompts = complete_matrix(full, min_coverage)
+    if cascades and matrix.answers is None:  # before any fitting
+        raise ValueError("--cascades: the logs carry no parsed answers (column 'answer'), so no cascade can be replayed")
     if dropped_models or dropped_prompts:
         echo(
             f"replaying the complete part of the logs: {matrix.n_prompts} prompts x {len(matrix.models)} models"
