@@ -206,11 +206,19 @@ def test_replay_cli_cascades_on_real_logs_and_independent_recomputation(zeroeval
     from training.cli import replay
 
     out = tmp_path / "out"
+    import mlflow
+
+    from models.settings import get_settings
+
     args = ["--logs", str(zeroeval_slice), "--prices", str(data_dir / "prices.csv"), "--out", str(out), "--predictors", "logistic",
-            "--knobs", "16", "--folds", "2", "--no-mlflow", "--cascades", "--cascade-models", "4"]  # fmt: skip
+            "--knobs", "16", "--folds", "2", "--experiment", "cascades", "--cascades", "--cascade-models", "4"]  # fmt: skip
     result = CliRunner().invoke(replay, args)
     assert result.exit_code == 0, result.output
     assert "best cascade: cascade/" in result.output
+    mlflow.set_tracking_uri(get_settings().resolved_tracking_uri)
+    runs = mlflow.search_runs(experiment_names=["cascades"])
+    assert "metrics.replay/cascade/learned/aiq" in runs.columns
+    assert "cascade_decisions.parquet" in {a.path for a in mlflow.MlflowClient().list_artifacts(runs.run_id[0])}
     metrics = json.loads((out / "metrics.json").read_text())
     curve = pd.read_csv(out / "curve.csv")
     decisions = pd.read_parquet(out / "cascade_decisions.parquet")

@@ -493,7 +493,7 @@ def log_to_mlflow(result: ReplayResult, paths: dict[str, Path], experiment: str,
     from training import tracking
 
     with tracking.start_run(experiment, run_name=run_name) as run:
-        flat = {k: v for k, v in {**(params or {}), **{k: v for k, v in result.meta.items() if k != "selections"}}.items()}
+        flat = {k: v for k, v in {**(params or {}), **{k: v for k, v in result.meta.items() if k not in ("selections", "cascades")}}.items()}
         mlflow.log_params({k: str(v)[:500] for k, v in flat.items()})
         tracking.log_metrics_nested(result.metrics, prefix="replay/")
         for key in ("metrics", "curve", "plot", "meta"):
