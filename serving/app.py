@@ -30,6 +30,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from models.catalog import Catalog
 from models.providers import ProviderPool
+from models.store import OutcomeStore
 from router.profiles import Profile
 from router.router import Router
 from serving import completion
@@ -48,7 +49,6 @@ from serving.schemas import (
     validate,
 )
 from serving.services import Services, build_services
-from serving.store import OutcomeStore
 
 log = logging.getLogger("thrifty.serving")
 

@@ -17,17 +17,19 @@ fail-over may make. If the period's settled spend, the bookings of requests
 in flight and this one exceed the limit, the request is refused with a 429
 (``budget_exceeded``) before any upstream call. When the request ends its
 record settles the booking to what its attempts actually cost (usage
-reported by the provider), in the same SQLite transaction that stores the
-record: a restart keeps the spend, and a booking left by a killed process
-expires after ``deadline_s + upstream_timeout_s``.
+reported by the provider), in the same transaction that stores the record
+(:mod:`models.store`): a restart keeps the spend, and a booking left by a
+killed process expires after ``deadline_s + upstream_timeout_s``.
 
 Guarantee: a period's spend never exceeds its limit as long as every request
 costs at most what it booked; output is capped by the booked output limit, so
 only a provider counting more input tokens than booked can overshoot, by that
-difference. Bookings are checked and written in one ``BEGIN IMMEDIATE``
-transaction, so this holds under concurrency in one process (the store's
-single writer thread orders admissions) and across ``--workers`` processes
-sharing the store (SQLite's write lock orders them).
+difference. Bookings are checked and written in one transaction holding the
+budget's lock, so this holds under concurrency in one process (the store's
+single writer thread orders admissions), across ``--workers`` processes
+sharing a SQLite store (its write lock orders them), and across replicas
+sharing a PostgreSQL store (the period's ``budget_spend`` row is locked with
+``SELECT ... FOR UPDATE``).
 """
 
 from __future__ import annotations
@@ -40,11 +42,11 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Mapping, Sequence
 
 from models.catalog import Catalog, ModelSpec
+from models.store import OutcomeStore, Reservation
 from models.tokens import count_tokens
 from serving.config import BudgetConfig, ServingConfig
 from serving.errors import BudgetExceeded
 from serving.metrics import Metrics
-from serving.store import OutcomeStore, Reservation
 
 EXPIRY_MARGIN_S = 60.0
 # Providers count tokens with their own tokenizers (Anthropic's counts run ~10-25% above o200k on

@@ -32,6 +32,7 @@ from fastapi.responses import Response
 
 from models.catalog import ModelSpec
 from models.providers import UpstreamError, UpstreamStreamError
+from models.store import DecisionRecord
 from router.decision import Decision
 from serving import sse
 from serving.errors import InvalidRequest, ServingError, error_body, from_upstream
@@ -41,7 +42,6 @@ from serving.prompt import routing_text
 from serving.routing import PASSTHROUGH, Constraints
 from serving.schemas import ThriftyOptions
 from serving.services import Services
-from serving.store import DecisionRecord
 from serving.usage import Usage
 
 Body = dict[str, Any]

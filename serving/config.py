@@ -14,7 +14,7 @@ Example::
     upstreams:
       openai: {api_key_env: OPENAI_API_KEY}
       anthropic: {api_key: sk-ant-..., base_url: https://api.anthropic.com}
-    store_path: ~/.thrifty/outcomes.db
+    store_url: ~/.thrifty/outcomes.db          # or sqlite:///..., postgresql://user@host:5432/db
     redact_prompts: false
     access_log: false                         # uvicorn's per-request access log line (off by default)
 
@@ -93,7 +93,14 @@ class ServingConfig(BaseSettings):
     api_keys: dict[str, SecretStr] = Field(default_factory=dict, description="client name -> router API key")
     upstreams: dict[str, UpstreamConfig] = Field(default_factory=dict, description="openai / anthropic / openai-compatible")
 
-    store_path: Path | None = Field(default=None, description="default: <home>/outcomes.db")
+    store_url: str | None = Field(
+        default=None,
+        description="the outcome store: a SQLite file path or sqlite:/// URL, or postgresql://user@host:port/db "
+        "(replicas share one); default: <home>/outcomes.db",
+    )
+    store_path: Path | None = Field(
+        default=None, description="deprecated: the older name of store_url, for a SQLite file (store_url wins when both are set)"
+    )
     redact_prompts: bool = False
     store_responses: bool = False
 
@@ -191,8 +198,11 @@ class ServingConfig(BaseSettings):
         return (self.profiles_dir or get_settings().profiles_dir).expanduser()
 
     @property
-    def resolved_store_path(self) -> Path:
-        return (self.store_path or get_settings().home_dir / "outcomes.db").expanduser()
+    def resolved_store_url(self) -> str:
+        """The outcome store's URL (or SQLite path), for :func:`models.store.open_store`."""
+        if self.store_url:
+            return self.store_url
+        return str((self.store_path or get_settings().home_dir / "outcomes.db").expanduser())
 
     @property
     def resolved_catalog(self) -> list[Path]:

@@ -66,6 +66,7 @@ from models.providers import (
 )
 from models.providers.base import Provider, supports_prefill
 from models.providers.raw import RawStream, SSEEvent
+from models.store import AttemptRecord
 from models.tokens import count_tokens
 from serving import sse, translate
 from serving.errors import BadGateway, GatewayTimeout, InvalidRequest, ModelsUnavailable, ServingError
@@ -82,7 +83,6 @@ from serving.recovery import (
     with_prefill,
 )
 from serving.reliability import BREAKER_KINDS, CLOSED, Breakers, Deadline, fails_over, retries_same_model
-from serving.store import AttemptRecord
 from serving.usage import StreamWatcher, Usage, finish_of, text_of_response, usage_of
 
 log = logging.getLogger("thrifty.serving")

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from models.catalog import Catalog, load_catalog
 from models.providers import MissingUpstreamKey, ProviderPool, UpstreamSettings
+from models.store import OutcomeStore, open_store
 from router.profiles import Profile, load_profiles
 from router.router import Router
 from serving.batching import DecisionBatcher
@@ -23,7 +24,6 @@ from serving.metrics import Metrics
 from serving.reliability import Breakers
 from serving.reload import RegistryWatcher
 from serving.routing import LoadedRouter, RouterHolder, Routing, load_router_uri, router_version
-from serving.store import OutcomeStore
 
 log = logging.getLogger("thrifty.serving")
 
@@ -122,7 +122,7 @@ def build_services(
 
     metrics = Metrics()
     pool = providers or _pool(config)
-    store = (store or OutcomeStore(config.resolved_store_path, synchronous=config.store_synchronous)).open()
+    store = (store or open_store(config.resolved_store_url, synchronous=config.store_synchronous)).open()
     secrets = config.upstream_secrets() + [k for k in (pool.upstreams[n].api_key for n in pool.upstreams) if k]
     secrets += list(config.client_keys())  # never echoed either
 

@@ -326,9 +326,9 @@ def test_idle_timer_lets_an_outside_cancellation_through():
 
 # -- the store's group commit -----------------------------------------------------------------------
 def test_group_commit_isolates_a_failing_record(tmp_path):
-    from serving.store import DecisionRecord, OutcomeStore
+    from models.store import DecisionRecord, open_store
 
-    store = OutcomeStore(tmp_path / "s.db").open()
+    store = open_store(tmp_path / "s.db")
 
     def record(i, bad=False):
         candidates = [{"model": "m", "p": object() if bad else 0.5}]

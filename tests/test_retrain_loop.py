@@ -103,7 +103,7 @@ def test_serve_explore_feedback_retrain_promote_hot_swap(deployment, tmp_path):
 
     # 2. retrain on the store: the served decisions joined with their feedback, weighted by 1/propensity
     runner = CliRunner()
-    result = runner.invoke(main, ["retrain", "--store", str(config.store_path), "--name", "loop", "--predictor", "logistic",
+    result = runner.invoke(main, ["retrain", "--store", config.resolved_store_url, "--name", "loop", "--predictor", "logistic",
                                   "--catalog", catalog_file, "--test-size", "0.2"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert "models:/loop@challenger" in result.output
@@ -156,8 +156,5 @@ def test_serve_explore_feedback_retrain_promote_hot_swap(deployment, tmp_path):
                    for i in range(10)]
     assert sum(m in LARGE for m in hard_models) >= 6  # exploration still sends some elsewhere
     # every answered request is in the store, each with its propensity
-    import sqlite3
-
-    with sqlite3.connect(config.store_path) as db:
-        stored, with_propensity = db.execute("SELECT count(*), count(propensity) FROM decisions WHERE status = 'ok'").fetchone()
-    assert stored == with_propensity == 80 + len(versions) + 10
+    rows = store.joined(include_unlabeled=True)  # status ok
+    assert len(rows) == sum(r["propensity"] is not None for r in rows) == 80 + len(versions) + 10
