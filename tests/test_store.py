@@ -139,6 +139,8 @@ def test_joined_filters_by_status_and_time_and_attempts_by_time(store):
     assert ids(store.joined(include_unlabeled=True, statuses=("error", "routed"))) == ["d0002", "d0003"]
     assert ids(store.joined(include_unlabeled=True, statuses=None, since=t0 + 1, until=t0 + 3)) == ["d0003", "d0001"]
     assert store.joined(include_unlabeled=True, statuses=()) == []
+    assert (store.count(), store.count(statuses=("ok",)), store.count(since=t0 + 1, until=t0 + 3), store.count(statuses=())) == (
+        4, 2, 2, 0)
     assert len(store.attempts()) == 4 and store.attempts(since=time.time() + 3600) == []
 
 

@@ -25,8 +25,8 @@ transaction that stores the decision. Settlements lock their rows in a fixed
 order, so concurrent writers, in one process or on several hosts, cannot
 deadlock each other.
 
-Reads (``decision``, ``joined``, ``attempts``, ``budget_spent``) may be
-called from any thread.
+Reads (``decision``, ``joined``, ``count``, ``attempts``, ``budget_spent``)
+may be called from any thread.
 
 A backend subclasses :class:`OutcomeStore`. It supplies the connections,
 the SQL dialect's few differences and the schema check, and is registered
@@ -185,7 +185,7 @@ class OutcomeStore(ABC):
     books a request's maximum cost against a budget.
 
     Reads (any thread): ``decision(id)``, ``joined(...)`` (decisions with
-    their latest feedback), ``attempts(...)``, ``budget_spent(...)``.
+    their latest feedback), ``count(...)``, ``attempts(...)``, ``budget_spent(...)``.
 
     ``close()`` writes everything queued, then stops the writer; a store is
     also a context manager.
@@ -499,6 +499,18 @@ class OutcomeStore(ABC):
             ORDER BY d.ts, d.decision_id
         """
         return self._query(sql, params)
+
+    def count(self, *, statuses: Iterable[str] | None = None, since: float | None = None, until: float | None = None) -> int:
+        """How many decisions are stored (of ``statuses``, ``since <= ts < until`` when given)."""
+        where, params = _time_window("ts", since, until)
+        if statuses is not None:
+            statuses = tuple(statuses)
+            if not statuses:
+                return 0
+            where.append(f"status IN ({', '.join('?' for _ in statuses)})")
+            params.extend(statuses)
+        sql = f"SELECT COUNT(*) AS n FROM decisions {'WHERE ' + ' AND '.join(where) if where else ''}"
+        return int(self._query(sql, params)[0]["n"])
 
     def attempts(self, *, since: float | None = None, until: float | None = None) -> list[dict]:
         """Every upstream attempt (``since <= ts < until`` when given), ordered by time."""
