@@ -32,6 +32,7 @@ def serve(config_path, host, port, workers, log_level, access_log):
     import uvicorn
 
     config = _config(config_path, host=host, port=port, workers=workers, access_log=access_log)
+    _check_store(config.resolved_store_url, config.store_synchronous)
     if config.workers > 1:
         # Worker processes each build their own app from the environment.
         if config_path:
@@ -60,6 +61,16 @@ def serve(config_path, host, port, workers, log_level, access_log):
         create_app(config), host=config.host, port=config.port, log_level=log_level, access_log=config.access_log,
         timeout_graceful_shutdown=config.graceful_shutdown_s,
     )
+
+
+def _check_store(url: str, synchronous: str) -> None:
+    """Open the outcome store once before serving: created or migrated now, and a bad one is one clear line."""
+    from models.store import StoreError, open_store
+
+    try:
+        open_store(url, synchronous=synchronous).close()
+    except StoreError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @click.group()

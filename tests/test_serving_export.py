@@ -72,7 +72,7 @@ def serve_traffic(url: str) -> list[tuple[str, str, bool]]:
     return served
 
 
-def test_serve_feedback_export_train_round_trip(fake, fresh_thrifty, tmp_path):
+def test_serve_feedback_export_train_round_trip(fake, fresh_thrifty, tmp_path, thrifty_home):
     url, config = fresh_thrifty
     served = serve_traffic(url)
     labeled = served[:-4]  # the last few get no feedback
@@ -116,6 +116,17 @@ def test_serve_feedback_export_train_round_trip(fake, fresh_thrifty, tmp_path):
         assert result.exit_code == 0, result.output
         everything = reader(path)
         assert len(everything) == len(served) and everything["success"].isna().sum() == len(served) - len(labeled)
+
+    # thrifty retrain reads the same store through its interface, in process
+    from mlflow import MlflowClient
+
+    from thrifty.cli import main
+
+    result = CliRunner().invoke(main, ["retrain", "--store", config.resolved_store_url, "--name", "roundtrip",
+                                       "--predictor", "logistic", "--catalog", str(config.catalog[0]), "--test-size", "0.3"])
+    assert result.exit_code == 0, result.output
+    challenger = MlflowClient().get_model_version_by_alias("roundtrip", "challenger")
+    assert MlflowClient().get_run(challenger.run_id).data.params["rows"] == str(len(labeled))
 
     # train on the exported frame (wide: prompts x models, NaN where a model was not called)
     from models.prices import Price, PriceTable
@@ -188,6 +199,26 @@ def test_a_store_that_is_not_a_store_is_one_clear_line(tmp_path, postgres_server
             assert "pw-SECRET" not in line
     assert (text.read_bytes(), empty_db.read_bytes()) == before  # nothing written into them
     assert not (tmp_path / "missing.db").exists() and not (tmp_path / "out.parquet").exists()
+
+
+def test_the_store_is_chosen_by_store_url_or_its_environment_variable(tmp_path, monkeypatch, thrifty_home):
+    from serving.config import load_config
+
+    assert load_config().resolved_store_url == str(thrifty_home / "outcomes.db")
+    assert load_config(store_path=tmp_path / "old-name.db").resolved_store_url == str(tmp_path / "old-name.db")
+    monkeypatch.setenv("THRIFTY_SERVE_STORE_URL", "postgresql://thrifty@db:5432/thrifty")
+    assert load_config(store_path=tmp_path / "old-name.db").resolved_store_url == "postgresql://thrifty@db:5432/thrifty"
+
+
+def test_serve_refuses_a_store_it_cannot_use_in_one_line(tmp_path):
+    from serving.cli import serve
+
+    config = tmp_path / "thrifty.yaml"
+    for store, expected in (("/etc/passwd", "/etc/passwd is not an outcome store"),
+                            (f"postgresql://thrifty@127.0.0.1:{_free_port()}/x", "cannot connect to the outcome store")):
+        config.write_text(yaml.safe_dump({"store_url": store}))
+        line = _one_line_error(CliRunner().invoke(serve, ["--config", str(config)]))
+        assert expected in line
 
 
 def test_redacted_prompts_are_not_stored(fake, fake_server, router_path, tmp_path):
