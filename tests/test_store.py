@@ -85,13 +85,15 @@ def test_group_commit_isolates_a_failing_record(store):
         r = record(i)
         if i == 7:
             r.candidates = [{"model": "m", "p": object()}]  # cannot be encoded: this record alone fails
+        if i == 13:
+            r.status = None  # refused by the database (NOT NULL): this record alone fails
         return r
 
     results = write_all(store, [candidate(i) for i in range(40)])
-    assert [i for i, r in enumerate(results) if r is not None] == [7]
-    assert isinstance(results[7], TypeError)
-    assert all(store.decision(f"d{i:04d}") is not None for i in range(40) if i != 7)
-    assert store.decision("d0007") is None
+    assert [i for i, r in enumerate(results) if r is not None] == [7, 13]
+    assert isinstance(results[7], TypeError) and "null" in str(results[13]).lower()
+    assert all(store.decision(f"d{i:04d}") is not None for i in range(40) if i not in (7, 13))
+    assert store.decision("d0007") is None and store.decision("d0013") is None
     assert store.submit(record(99)).result(timeout=30) is None and store.decision("d0099") is not None
 
 

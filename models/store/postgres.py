@@ -86,6 +86,11 @@ class PostgresStore(OutcomeStore):
     def _connect(self):
         return self._new_connection()
 
+    def _commit(self, conn, records) -> None:
+        # the whole transaction in one pipeline: its statements go out together, one round trip to the server
+        with conn.pipeline():
+            super()._commit(conn, records)
+
     def _usable(self, conn) -> bool:
         return not (conn.closed or conn.broken)
 
