@@ -180,6 +180,7 @@ def run(quick: bool = False) -> dict:
     postgres = None
     rows = []
     t0 = time.perf_counter()
+    load_before = os.getloadavg()[0]
     try:
         postgres = Postgres(pin["server_cpus"])
         rows.append(measure_direct(upstream, upstream_base, pin, limits, prompts))
@@ -198,6 +199,7 @@ def run(quick: bool = False) -> dict:
         "pinning": pin,
         "limits": {str(k): {"requests": v[0], "duration_s": v[1], "warmup": v[2]} for k, v in limits.items()},
         "postgres": "throwaway server, default durability (fsync on, synchronous_commit on)",
+        "loadavg_1m": [load_before, os.getloadavg()[0]],
         "rows": rows,
     }
 
@@ -237,6 +239,9 @@ def table(result: dict) -> str:
         d = (f"\n\nDirect (baseline) p50/p99: c1 {direct['cells']['c1_json']['latency_ms']['p50']:.2f}/"
              f"{direct['cells']['c1_json']['latency_ms']['p99']:.2f} ms, c50 {direct['cells']['c50_json']['throughput_rps']:.0f} req/s.")
     notes = "".join(f"\n- {r['config']}: {r.get('status')} — {r.get('reason', '')[:300]}" for r in rows if r.get("status") != "ok")
+    load = result.get("loadavg_1m")
+    if load:
+        d += f" Machine load average (1 min) {load[0]:.1f} at the start, {load[1]:.1f} at the end (2 cores)."
     return (md_table(head, out) + "\n\nms added over direct (JSON); x2 = two replicas on one PostgreSQL store, the concurrent "
             "loops alternating between them; every server (replicas, PostgreSQL, upstream) on CPU "
             f"{result['pinning']['server_cpus']}, load generator on CPU {result['pinning']['loadgen_cpus']}, so the pair shares "
