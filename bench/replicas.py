@@ -1,4 +1,4 @@
-"""Part 5 — replicas: two ``thrifty serve`` processes on one PostgreSQL store vs one replica on SQLite.
+"""Part 6 — replicas: two ``thrifty serve`` processes on one PostgreSQL store vs one replica on SQLite.
 
 Against the fake upstream of ``bench/gateways.py`` (20 ms), in one run:
 
