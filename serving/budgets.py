@@ -9,7 +9,8 @@ without a budget of its own)::
 
 At admission a request books its *maximum* cost: the prompt's token count
 (the whole JSON of messages, system prompt and tools, an over-count) times
-the input price (with a 25% margin for providers' own tokenizers), plus its output limit (``max_tokens`` /
+the input price (with a 25% margin for providers' own tokenizers; the dearest cache-write price
+when the request marks ``cache_control`` breakpoints), plus its output limit (``max_tokens`` /
 ``max_completion_tokens``, else the model's ``max_output_tokens``, else
 ``default_max_tokens``) times the output price, for the dearest model the
 request may be sent to, plus the input cost of each further attempt
@@ -100,9 +101,16 @@ def max_request_cost(
     if not specs:
         return 0.0
     tokens = math.ceil(prompt_tokens(body) * INPUT_TOKEN_MARGIN)
-    answer = max(s.cost(tokens, output_limit(body, s, default_max_tokens)) for s in specs)
+    # a request that marks prompt-cache breakpoints may pay a cache-write rate (above the input rate) for its input
+    writes = '"cache_control"' in json.dumps(body, ensure_ascii=False, separators=(",", ":"))
+
+    def cost(spec: ModelSpec, output: int) -> float:
+        rate = spec.max_input_usd_per_mtok if writes else spec.input_usd_per_mtok
+        return (tokens * rate + output * spec.output_usd_per_mtok) / 1e6
+
+    answer = max(cost(s, output_limit(body, s, default_max_tokens)) for s in specs)
     retries = max(0, max_attempts - 1)
-    return answer + retries * max(s.cost(tokens, 0) for s in specs)
+    return answer + retries * max(cost(s, 0) for s in specs)
 
 
 class Budgets:

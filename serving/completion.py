@@ -42,7 +42,7 @@ from serving.prompt import routing_text
 from serving.routing import PASSTHROUGH, Constraints
 from serving.schemas import ThriftyOptions
 from serving.services import Services
-from serving.usage import Usage
+from serving.usage import Usage, usage_cost
 
 Body = dict[str, Any]
 log = logging.getLogger("thrifty.serving")
@@ -268,19 +268,23 @@ def _attempt_headers(record: DecisionRecord) -> dict[str, str]:
 def _finish_record(services: Services, record: DecisionRecord, parts: list[tuple[ModelSpec, Usage]], started: float,
                    finish_reason: str | None, text: str | None) -> None:
     """The answer in the record: ``parts``, the model and usage of each upstream answer it was made of
-    (one, or a stream and its continuations); the last one answered."""
+    (one, or a stream and its continuations); the last one answered. Cached input is priced at its own rates."""
     metrics = services.metrics
     record.answered_model = parts[-1][0].id
     record.input_tokens = record.output_tokens = 0
     record.cost_usd = 0.0
     for spec, usage in parts:
-        cost = spec.cost(usage.input_tokens, usage.output_tokens)
+        cost = usage_cost(spec, usage)
         record.input_tokens += usage.input_tokens
         record.output_tokens += usage.output_tokens
         record.cost_usd += cost
         metrics.child(metrics.spend, spec.id).inc(cost)
         metrics.child(metrics.tokens, spec.id, "input").inc(usage.input_tokens)
         metrics.child(metrics.tokens, spec.id, "output").inc(usage.output_tokens)
+        if usage.cache_read_tokens:  # part of "input": how much of it was read from the provider's cache
+            metrics.child(metrics.tokens, spec.id, "cache_read").inc(usage.cache_read_tokens)
+        if usage.cache_write_tokens:
+            metrics.child(metrics.tokens, spec.id, "cache_write").inc(usage.cache_write_tokens)
     record.latency_s = time.perf_counter() - started
     record.finish_reason = finish_reason
     if services.config.store_responses:

@@ -83,7 +83,7 @@ from serving.recovery import (
     with_prefill,
 )
 from serving.reliability import BREAKER_KINDS, CLOSED, Breakers, Deadline, fails_over, retries_same_model
-from serving.usage import StreamWatcher, Usage, finish_of, text_of_response, usage_of
+from serving.usage import StreamWatcher, Usage, finish_of, text_of_response, usage_cost, usage_of
 
 log = logging.getLogger("thrifty.serving")
 
@@ -611,13 +611,13 @@ class Dispatcher:
     @staticmethod
     def _usage_so_far(attempt: AttemptRecord, spec: ModelSpec, usage: Usage) -> None:
         attempt.input_tokens, attempt.output_tokens = usage.input_tokens, usage.output_tokens
-        attempt.cost_usd = spec.cost(usage.input_tokens, usage.output_tokens)
+        attempt.cost_usd = usage_cost(spec, usage)
 
     def _succeeded(self, attempt: AttemptRecord, spec: ModelSpec, usage: Usage) -> None:
         attempt.latency_s = time.time() - attempt.ts
         attempt.status = "ok"
         attempt.input_tokens, attempt.output_tokens = usage.input_tokens, usage.output_tokens
-        attempt.cost_usd = spec.cost(usage.input_tokens, usage.output_tokens)
+        attempt.cost_usd = usage_cost(spec, usage)
         if self.metrics:
             self.metrics.child(self.metrics.upstream_latency, spec.id).observe(attempt.latency_s)
 

@@ -19,6 +19,8 @@ report, how slowly, and which fault to inject::
     fake.configure("gpt-x", status=500, fail_rate=0.3)  # a 5xx storm: 30% of calls fail
     fake.configure("gpt-x", omit_done=True)             # the finish, then the connection closes: no [DONE]
     fake.configure("claude-y", prefill="reject")        # a trailing assistant message gets a 400
+    fake.configure("gpt-x", status=400, echo_key=True)  # error texts repeat the key the request carried
+    fake.configure("claude-y", input_tokens=100_000, cache_read_tokens=900_000)  # usage with prompt-cache reads
 
 A trailing assistant message (a prefill) is, by default, continued on
 ``/v1/messages`` (the answer is the rest of the planned text after it, as
@@ -88,6 +90,11 @@ class Behavior:
     context_length_error: bool = False  # the provider's own context-length 400
     content_filter: bool = False  # OpenAI finish_reason "content_filter" / Anthropic stop_reason "refusal"
     stop_reason: str | None = None  # force a stop reason (native value of the protocol)
+    echo_key: bool = False  # every error text (HTTP errors, 401s, stream error events) repeats the key received
+    # prompt caching: input tokens read from / written to the cache, reported as the protocol does
+    # (OpenAI: part of prompt_tokens, in prompt_tokens_details; Anthropic: beside input_tokens)
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
 
 
 @dataclass
@@ -260,7 +267,12 @@ class FakeProvider:
         finish = behavior.stop_reason or ("content_filter" if behavior.content_filter else "tool_calls" if call else "stop")
         if behavior.content_filter:
             text = ""
-        usage = {"prompt_tokens": input_tokens, "completion_tokens": output_tokens, "total_tokens": input_tokens + output_tokens}
+        prompt_tokens = input_tokens + behavior.cache_read_tokens + behavior.cache_write_tokens
+        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": output_tokens, "total_tokens": prompt_tokens + output_tokens}
+        if behavior.cache_read_tokens or behavior.cache_write_tokens:
+            usage["prompt_tokens_details"] = {"cached_tokens": behavior.cache_read_tokens, "audio_tokens": 0}
+            if behavior.cache_write_tokens:
+                usage["prompt_tokens_details"]["cache_write_tokens"] = behavior.cache_write_tokens
         completion_id = f"chatcmpl-{uuid.uuid4().hex[:20]}"
         created = int(time.time())
         tool_calls = None
@@ -331,7 +343,8 @@ class FakeProvider:
                 "id": message_id, "type": "message", "role": "assistant", "model": model, "content": content,
                 "stop_reason": stop, "stop_sequence": None,
                 "usage": {"input_tokens": input_tokens, "output_tokens": output_tokens,
-                          "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0},
+                          "cache_creation_input_tokens": behavior.cache_write_tokens,
+                          "cache_read_input_tokens": behavior.cache_read_tokens},
             })
 
         def event(payload: dict) -> bytes:
@@ -340,8 +353,9 @@ class FakeProvider:
         events = [event({"type": "message_start", "message": {
             "id": message_id, "type": "message", "role": "assistant", "model": model, "content": [],
             "stop_reason": None, "stop_sequence": None,
-            "usage": {"input_tokens": input_tokens, "output_tokens": 1, "cache_creation_input_tokens": 0,
-                      "cache_read_input_tokens": 0}}})]
+            "usage": {"input_tokens": input_tokens, "output_tokens": 1,
+                      "cache_creation_input_tokens": behavior.cache_write_tokens,
+                      "cache_read_input_tokens": behavior.cache_read_tokens}}})]
         events.append(event({"type": "ping"}))
         for index, block in enumerate(content):
             if block["type"] == "text":
