@@ -13,6 +13,12 @@ Endpoints::
     POST /v1/feedback           attach an outcome to a past decision
     GET  /healthz               liveness and what is loaded
     GET  /metrics               Prometheus metrics (no auth)
+
+At start-up every credential the provider pool can use is registered with the
+process's scrubber and the scrub filter is put on the loggers
+(:mod:`serving.secrets`); a hot-swapped router registers them again. One log
+line says what is served (router version, routable models, store, address);
+each model without an upstream key gets a line naming the variable to set.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from models.catalog import Catalog
-from models.providers import ProviderPool
+from models.providers import MissingUpstreamKey, ProviderPool
 from models.store import OutcomeStore
 from router.profiles import Profile
 from router.router import Router
@@ -48,6 +54,7 @@ from serving.schemas import (
     read_json_body,
     validate,
 )
+from serving.secrets import install_log_filter
 from serving.services import Services, build_services
 
 log = logging.getLogger("thrifty.serving")
@@ -146,13 +153,23 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        install_log_filter()  # before anything is loaded: no line logged from here on can show a credential
         services = build_services(config, router=router, providers=providers, store=store, catalog=catalog, profiles=profiles)
         if not services.client_keys:
             log.warning("no api_keys configured: thrifty accepts requests without a key")
         services.warm_up()  # the tokenizer, the routers and the SDK clients load now, not on the first request
         tune_gc()
         app.state.services = services
+        log_startup(services)
         if services.watcher is not None:
+            swapped = services.watcher.on_swap
+
+            def on_swap(old, new):
+                services.register_secrets()  # a new router may route to models whose keys were not known yet
+                if swapped is not None:
+                    swapped(old, new)
+
+            services.watcher.on_swap = on_swap
             services.watcher.start()
         try:
             yield
@@ -216,6 +233,30 @@ def create_app(
         return Response(services.metrics.render(), media_type=services.metrics.content_type)
 
     return app
+
+
+def log_startup(services: Services) -> None:
+    """One line saying what is served; one line per model that has no upstream key, naming the variable to set."""
+    loaded = services.routers.get()
+    routable, keyless = [], []
+    for model in loaded.router.models_:
+        if model not in services.catalog:
+            continue
+        try:
+            services.pool.api_key(services.catalog.get(model))
+        except MissingUpstreamKey as exc:
+            keyless.append(str(exc))
+            continue
+        except Exception:  # noqa: BLE001 - a pool without key lookup (injected providers) routes every model
+            pass
+        routable.append(model)
+    for message in keyless:
+        log.warning("%s; the model is skipped until then", message)
+    config = services.config
+    shown = ", ".join(routable[:8]) + (", ..." if len(routable) > 8 else "")
+    store = getattr(services.store, "path", config.resolved_store_path)
+    log.info("thrifty serving router %s: %d of %d models routable (%s); store %s; http://%s:%s",
+             loaded.version, len(routable), len(loaded.router.models_), shown or "none", store, config.host, config.port)
 
 
 GC_THRESHOLD = (20_000, 10, 10)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -17,6 +19,18 @@ def _config(path: str | None, **overrides):
         return load_config(path, **overrides)
     except (ConfigError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
+
+
+def log_config(level: str) -> dict[str, Any]:
+    """uvicorn's logging configuration, plus thrifty's loggers on its console handler, every handler scrubbed of secrets."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config.setdefault("filters", {})["scrub"] = {"()": "serving.secrets.ScrubFilter"}
+    for handler in config["handlers"].values():
+        handler["filters"] = [*handler.get("filters", []), "scrub"]
+    config["loggers"]["thrifty"] = {"handlers": ["default"], "level": level.upper(), "propagate": False}
+    return config
 
 
 @click.command()
@@ -49,7 +63,7 @@ def serve(config_path, host, port, workers, log_level, access_log):
             uvicorn.run(
                 "serving.app:create_app_from_env", factory=True, host=config.host, port=config.port,
                 workers=config.workers, log_level=log_level, access_log=config.access_log,
-                timeout_graceful_shutdown=config.graceful_shutdown_s,
+                timeout_graceful_shutdown=config.graceful_shutdown_s, log_config=log_config(log_level),
             )
         finally:
             shutil.rmtree(metrics_dir, ignore_errors=True)
@@ -59,7 +73,7 @@ def serve(config_path, host, port, workers, log_level, access_log):
     # SIGTERM/SIGINT: stop accepting, let requests in flight finish (their records are written), then exit
     uvicorn.run(
         create_app(config), host=config.host, port=config.port, log_level=log_level, access_log=config.access_log,
-        timeout_graceful_shutdown=config.graceful_shutdown_s,
+        timeout_graceful_shutdown=config.graceful_shutdown_s, log_config=log_config(log_level),
     )
 
 

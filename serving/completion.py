@@ -227,7 +227,7 @@ async def handle_completion(
                 fmt, body, candidates, record.attempts, deadline=deadline, ranking=decision.ranking
             )
     except (UpstreamError, ServingError) as exc:
-        error = from_upstream(exc, services.secrets) if isinstance(exc, UpstreamError) else exc
+        error = from_upstream(exc, services.scrubber) if isinstance(exc, UpstreamError) else exc
         record.status, record.http_status = "error", error.status
         record.error_kind = exc.kind if isinstance(exc, UpstreamError) else (exc.kind or type(exc).__name__)
         record.latency_s = time.perf_counter() - started
@@ -336,7 +336,7 @@ async def _stream_events(services: Services, fmt: str, opened, record: DecisionR
             await finish(None)
     except UpstreamError as exc:
         await finish(exc)
-        error = from_upstream(exc, services.secrets)
+        error = from_upstream(exc, services.scrubber)
         yield sse.encode_error(fmt, error_body(fmt, error))
     except Exception:
         log.exception("stream of model %s failed inside thrifty", opened.answered.id)

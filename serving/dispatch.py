@@ -474,12 +474,12 @@ class Dispatcher:
             try:
                 provider = self.pool.get(spec)
                 upstream_body = build(spec, provider)
-            except MissingUpstreamKey:
+            except MissingUpstreamKey as exc:
                 self.breakers.release(model)
                 run.done.add(model)
                 run.attempts.append(AttemptRecord(model=model, ts=time.time(), latency_s=0.0, status="error",
                                                   error_kind="config"))
-                log.error("no upstream key for model %s: skipped", model)
+                log.error("%s; model %s skipped", exc, model)  # the message names the variable to set
                 continue
             except BaseException:
                 self.breakers.release(model)

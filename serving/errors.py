@@ -9,14 +9,16 @@ everything else OpenAI)::
     Anthropic: {"type": "error", "error": {"type", "message"}}
 
 Upstream failures (:mod:`models.providers.errors`) map to 4xx/5xx with a
-message that never carries an upstream key. Malformed input of any kind is a
-4xx: an unexpected exception becomes a 500 with a generic message.
+message that never carries a credential: it passes through the process's
+scrubber (:mod:`serving.secrets`), which knows every key the provider pool
+can send. Malformed input of any kind is a 4xx: an unexpected exception
+becomes a 500 with a generic message.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Iterable
+from typing import Protocol
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -135,9 +137,13 @@ class BudgetExceeded(ServingError):
     kind = "budget"
 
 
-def from_upstream(exc: upstream.UpstreamError, secrets: Iterable[str] = ()) -> ServingError:
-    """The client-facing error for an upstream failure."""
-    message = scrub(exc.message, secrets)
+class Scrubs(Protocol):
+    def scrub(self, text: str) -> str: ...
+
+
+def from_upstream(exc: upstream.UpstreamError, scrubber: Scrubs) -> ServingError:
+    """The client-facing error for an upstream failure, its text scrubbed of every registered credential."""
+    message = scrubber.scrub(exc.message)
     if isinstance(exc, upstream.UpstreamRateLimited):
         headers = {"retry-after": str(max(1, round(exc.retry_after)))} if exc.retry_after is not None else {}
         return RateLimited(message, headers=headers)
@@ -148,15 +154,9 @@ def from_upstream(exc: upstream.UpstreamError, secrets: Iterable[str] = ()) -> S
     if isinstance(exc, upstream.ContextLengthExceeded):
         return UpstreamRejected(message, code="context_length_exceeded", param="messages")
     if isinstance(exc, upstream.UpstreamBadRequest):
-        return UpstreamRejected(message, code=exc.code if exc.code and exc.code.isidentifier() else None)
+        code = exc.code if exc.code and exc.code.isidentifier() and scrubber.scrub(exc.code) == exc.code else None
+        return UpstreamRejected(message, code=code)
     return BadGateway(message)
-
-
-def scrub(text: str, secrets: Iterable[str]) -> str:
-    for secret in secrets:
-        if secret and len(secret) >= 8:
-            text = text.replace(secret, "[redacted]")
-    return text
 
 
 def style_for(path: str) -> str:
