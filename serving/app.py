@@ -23,6 +23,7 @@ each model without an upstream key gets a line naming the variable to set.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import time
@@ -42,7 +43,7 @@ from router.router import Router
 from serving import completion
 from serving.auth import authenticate
 from serving.config import ServingConfig, get_config
-from serving.errors import InvalidRequest, NotFound, install_error_handlers
+from serving.errors import Conflict, InvalidRequest, NotFound, install_error_handlers
 from serving.openapi import document
 from serving.prompt import routing_text
 from serving.routing import LoadedRouter
@@ -216,7 +217,7 @@ def create_app(
     @app.post("/v1/feedback")
     async def feedback(services: ServicesDep, client: ClientDep, body: BodyDep):
         parsed = validate(FeedbackRequest, body)
-        return await add_feedback(services, parsed)
+        return await add_feedback(services, client, parsed)
 
     @app.get("/healthz")
     async def healthz(services: ServicesDep):
@@ -317,6 +318,7 @@ async def route_only(services: Services, request: Request, client: str, body: di
         "policy": decision.policy,
         "knob": record.knob,
         "fallback": decision.fallback,
+        "limit_unmet": decision.extra.get("limit_unmet"),
         "propensity": decision.propensity,
         "router_version": decision.router_version,
         "candidates": record.candidates,
@@ -324,13 +326,34 @@ async def route_only(services: Services, request: Request, client: str, body: di
     return JSONResponse(payload, headers=completion.decision_headers(decision_id, decision))
 
 
-async def add_feedback(services: Services, parsed: FeedbackRequest) -> dict[str, Any]:
+async def add_feedback(services: Services, client: str, parsed: FeedbackRequest) -> dict[str, Any]:
+    """Attach an outcome to a decision the client made (or any decision, for an admin client).
+
+    A decision of another client is answered exactly as an unknown id (404):
+    ids are not secret enough to be the only guard, and a 403 would confirm
+    that the id exists. Feedback on a decision no model answered (routed only,
+    failed, abandoned) is refused with a 409: it could never reach the
+    exported outcome logs, which hold answered requests with observed usage.
+    """
     if (parsed.success is None) == (parsed.score is None):
-        raise InvalidRequest("give exactly one of 'success' (0 or 1) or 'score' (in [0, 1])", param="success")
-    if parsed.success is not None and parsed.success not in (0.0, 1.0):
-        raise InvalidRequest("'success' must be 0 or 1; send a graded outcome as 'score'", param="success")
-    value = parsed.success if parsed.success is not None else parsed.score
-    known = await services.store.add_feedback(parsed.decision_id, float(value), parsed.source, parsed.score_raw)
+        raise InvalidRequest("give exactly one of 'success' (true/false or a number in [0, 1]) or 'score' (in [0, 1])",
+                             param="success")
+    value = parsed.value
+    decision = await asyncio.to_thread(services.store.decision, parsed.decision_id)
+    if decision is None or not may_give_feedback(services, client, decision):
+        raise NotFound(f"no decision with id {parsed.decision_id!r}", param="decision_id", code="decision_not_found")
+    if decision["status"] != "ok":
+        why = ("was only routed (POST /v1/route): no model answered it through thrifty, so there is no observed "
+               "answer, usage or cost to attach an outcome to" if decision["status"] == "routed"
+               else f"ended with status {decision['status']!r}: no complete answer was given")
+        raise Conflict(f"decision {parsed.decision_id!r} {why}; feedback applies to answered requests",
+                       param="decision_id", code="decision_not_answered")
+    known = await services.store.add_feedback(parsed.decision_id, value, parsed.source, parsed.score_raw)
     if not known:
         raise NotFound(f"no decision with id {parsed.decision_id!r}", param="decision_id", code="decision_not_found")
-    return {"decision_id": parsed.decision_id, "success": float(value), "source": parsed.source, "status": "recorded"}
+    return {"decision_id": parsed.decision_id, "success": value, "source": parsed.source, "status": "recorded"}
+
+
+def may_give_feedback(services: Services, client: str, decision: dict) -> bool:
+    """The client that made the decision, or a client named in ``admin_keys``."""
+    return decision.get("client") == client or client in services.config.admin_keys

@@ -67,6 +67,14 @@ class NotFound(ServingError):
     anthropic_type = "not_found_error"
 
 
+class Conflict(ServingError):
+    """The request is well formed but does not apply to the resource as it is (e.g. feedback on a failed decision)."""
+
+    status = 409
+    openai_type = "invalid_request_error"
+    anthropic_type = "invalid_request_error"
+
+
 class UnknownModel(NotFound):
     code = "model_not_found"
 
@@ -75,6 +83,26 @@ class MethodNotAllowed(ServingError):
     status = 405
     openai_type = "invalid_request_error"
     anthropic_type = "invalid_request_error"
+
+
+class LimitUnmet(InvalidRequest):
+    """No allowed model meets the request's max-cost / min-quality limit (and the request does not degrade)."""
+
+    code = "limit_unmet"
+    kind = "limit_unmet"
+
+
+class NoRoutableModel(ServingError):
+    """The server cannot route: its router knows none of the models it may use (a configuration problem)."""
+
+    status = 503
+    openai_type = "server_error"
+    anthropic_type = "api_error"
+    code = "no_routable_model"
+
+    def __init__(self, message: str, **kw):
+        super().__init__(message, **kw)
+        self.headers = {"x-should-retry": "false", **self.headers}  # the SDKs would retry a 503 in vain
 
 
 class PayloadTooLarge(ServingError):

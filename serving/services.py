@@ -143,6 +143,7 @@ def build_services(
         default_profile=config.default_profile,
         explore_epsilon=config.explore_epsilon,
         rng=random.Random(config.explore_seed),
+        on_unmet_limit=config.on_unmet_limit,
     )
     services = Services(
         config=config,
