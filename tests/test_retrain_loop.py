@@ -71,7 +71,10 @@ def deployment(thrifty_home, fake_server, tmp_path):
     server.stop()
 
 
-def test_serve_explore_feedback_retrain_promote_hot_swap(deployment, tmp_path):
+def test_serve_explore_feedback_retrain_promote_hot_swap(deployment, tmp_path, caplog):
+    import logging
+
+    caplog.set_level(logging.INFO, logger="thrifty.serving")
     url, app, config, catalog_file = deployment
     client = openai.OpenAI(base_url=f"{url}/v1", api_key=CLIENT_KEY, max_retries=0, timeout=20)
     rng = random.Random(7)
@@ -145,6 +148,8 @@ def test_serve_explore_feedback_retrain_promote_hot_swap(deployment, tmp_path):
     assert failures == []
     assert versions and versions[-1] == f"loop/{challenger.version}"
     assert "loop/1" in versions  # traffic spanned the swap
+    swaps = [r.getMessage() for r in caplog.records if "hot-swapped" in r.getMessage()]
+    assert swaps == [f"router models:/loop@champion hot-swapped: loop/1 -> loop/{challenger.version}"]  # one line
 
     # the promotion was logged to MLflow with both numbers
     runs = registry.search_runs([run.info.experiment_id], filter_string="attributes.run_name = 'promote'")
