@@ -237,3 +237,18 @@ def test_a_router_that_knows_no_catalog_model_is_a_503_naming_no_client_paramete
         routing.decide("thrifty", EASY, Constraints())
     assert info.value.status == 503 and info.value.param == "model"
     assert "knows none of the catalog's models" in info.value.message and "oai-mini" in info.value.message
+
+
+def test_fallbacks_that_cannot_serve_the_request_are_left_out(fake, fake_server, router_path, tmp_path):
+    """A model requested by id fails over along its configured fallbacks, minus those that cannot serve it (n > 1)."""
+    from serving.app import create_app
+    from tests.serving_fixtures import UPSTREAM
+
+    config = make_config(tmp_path, fake_server[1], router_path, fallbacks={"oai-mini": ["claude-small", "oai-large"]},
+                         same_model_retries=0)
+    fake.configure(UPSTREAM["oai-mini"], status=503)
+    with serve_in_thread(create_app(config)) as server:
+        response = httpx.post(f"{server.url}/v1/chat/completions", headers={"authorization": f"Bearer {CLIENT_KEY}"},
+                              json={"model": "oai-mini", "n": 2, "messages": [{"role": "user", "content": EASY}]}, timeout=20)
+    assert response.status_code == 200 and response.headers["x-thrifty-model"] == "oai-large"
+    assert [c.model for c in fake.calls] == [UPSTREAM["oai-mini"], UPSTREAM["oai-large"]]  # claude-small never called
