@@ -255,7 +255,7 @@ def log_startup(services: Services) -> None:
         log.warning("%s; the model is skipped until then", message)
     config = services.config
     shown = ", ".join(routable[:8]) + (", ..." if len(routable) > 8 else "")
-    store = getattr(services.store, "path", config.resolved_store_path)
+    store = services.store.display_url
     log.info("thrifty serving router %s: %d of %d models routable (%s); store %s; http://%s:%s",
              loaded.version, len(routable), len(loaded.router.models_), shown or "none", store, config.host, config.port)
 

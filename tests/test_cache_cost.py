@@ -139,14 +139,14 @@ def test_cached_input_is_priced_in_spend_budget_metrics_store_and_export(fake, p
         spend = 4 * expected_of[model]
         assert _metric(metrics, "thrifty_spend_usd_total", model) == pytest.approx(spend, rel=1e-9)
         assert _metric(metrics, "thrifty_tokens_total", model, 'direction="cache_read"') == 4 * CACHED
-    with sqlite3.connect(config.resolved_store_path) as db:  # the budget was settled at the cached price
+    with sqlite3.connect(config.resolved_store_url) as db:  # the budget was settled at the cached price
         spent = db.execute("SELECT SUM(spent_usd) FROM budget_spend WHERE client = 'tests'").fetchone()[0]
     assert spent == pytest.approx(total, rel=1e-9)
 
     from thrifty.cli import main
 
     export = tmp_path / "served.jsonl"
-    result = CliRunner().invoke(main, ["logs", "export", "--store", str(config.resolved_store_path), "--out", str(export)])
+    result = CliRunner().invoke(main, ["logs", "export", "--store", str(config.resolved_store_url), "--out", str(export)])
     assert result.exit_code == 0, result.output
     import pandas as pd
 

@@ -66,7 +66,7 @@ def fuzzed(fake_server, router_path, tmp_path_factory):
     config = make_config(tmp, fake_server[1], router_path, max_body_bytes=1_000_000, deadline_s=10.0)
     with serve_in_thread(create_app(config)) as server:
         schema = schemathesis.openapi.from_dict(httpx.get(f"{server.url}/openapi.json").json())
-        yield server.url, schema, config.resolved_store_path
+        yield server.url, schema, config.resolved_store_url
     total = sum(v for k, v in COUNTS.items() if not k.endswith(")"))
     print(f"\nFUZZ cases run: {total} ({', '.join(f'{k}={v}' for k, v in sorted(COUNTS.items()))})")
 

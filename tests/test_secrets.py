@@ -271,7 +271,7 @@ def test_keys_echoed_upstream_are_nowhere_in_process(source, echo_fake, router_p
     export = tmp_path / "export.jsonl"
     from thrifty.cli import main
 
-    result = CliRunner().invoke(main, ["logs", "export", "--store", str(config.resolved_store_path), "--out", str(export),
+    result = CliRunner().invoke(main, ["logs", "export", "--store", str(config.resolved_store_url), "--out", str(export),
                                        "--include-unlabeled"])
     assert result.exit_code == 0, result.output
     stderr = capfd.readouterr().err

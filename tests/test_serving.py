@@ -354,9 +354,10 @@ def test_only_the_deciding_client_or_an_admin_may_give_feedback(fake, fake_serve
         assert foreign.json() == json.loads(unknown.text.replace("dec_does_not_exist", decision_id))  # indistinguishable
         assert post("alice", "/v1/feedback", {"decision_id": decision_id, "success": 1}).status_code == 200
         assert post("ops", "/v1/feedback", {"decision_id": decision_id, "score": 0.5, "source": "review"}).status_code == 200
-    from serving.store import OutcomeStore
+    from models.store import open_store
 
-    feedback = OutcomeStore(config.resolved_store_path).decision(decision_id)["feedback"]
+    with open_store(config.resolved_store_url, create=False) as store:
+        feedback = store.decision(decision_id)["feedback"]
     assert [(f["success"], f["source"]) for f in feedback] == [(1.0, "user"), (0.5, "review")]
 
 
