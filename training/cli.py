@@ -236,17 +236,17 @@ def _print_training(result, name: str) -> None:
 
 @command()
 @logs_option
-@click.option("--store", type=click.Path(exists=True, dir_okay=False), default=None, help="a serving outcome store (SQLite); its decisions joined with feedback are exported and used")
+@click.option("--store", default=None, help="a serving outcome store (a SQLite file, sqlite:/// or postgresql:// URL); its decisions joined with feedback are used")
 @click.option("--benchmark-logs", "benchmark_logs", cls=FileListOption, type=click.STRING, help="full-matrix benchmark logs to mix in (files, directories of parts or URLs, as --logs)")
 @_options(prices_option, catalog_option, predictor_option("lightgbm"))
 @click.option("--propensity-clip", default=20.0, show_default=True, help="largest inverse-propensity weight")
 @_options(test_size_option(0.2), seed_option, experiment_option, name_option)
 def retrain(logs, store, benchmark_logs, prices, catalogs, predictor, propensity_clip, test_size, seed, experiment, name):
     """Retrain on served traffic (propensity-weighted), optionally mixed with benchmark logs; register as challenger."""
-    import subprocess
-    import sys
     import tempfile
 
+    from models.store import StoreError, open_store
+    from models.store.outcomes import outcome_frame
     from training.logs import LogError
     from training.tracking import CHALLENGER
     from training.train import train as run_train
@@ -255,16 +255,14 @@ def retrain(logs, store, benchmark_logs, prices, catalogs, predictor, propensity
     paths = [*logs, *benchmark_logs]
     with tempfile.TemporaryDirectory() as tmp:
         if store:
-            # Served logs reach training through storage: the serving CLI exports
-            # the store to a file in the canonical format, training reads the file.
+            # served traffic through the store's interface, as canonical outcome rows
+            try:
+                with open_store(store, create=False) as served:
+                    frame = outcome_frame(served)
+            except StoreError as exc:
+                raise click.ClickException(str(exc)) from None
             exported = Path(tmp) / "served.parquet"
-            proc = subprocess.run(
-                [sys.executable, "-m", "thrifty.cli", "logs", "export", "--store", store, "--out", str(exported)],
-                capture_output=True,
-                text=True,
-            )
-            if proc.returncode != 0:
-                raise click.ClickException(f"exporting {store} failed: {proc.stderr.strip() or proc.stdout.strip()}")
+            frame.to_parquet(exported, index=False)
             paths.append(str(exported))
         if not paths:
             raise click.UsageError("give --logs (exported served logs), --store, and/or --benchmark-logs")
