@@ -15,7 +15,6 @@ metrics of :mod:`training.metrics`. :func:`run_replay` is the pipeline behind
 
 from __future__ import annotations
 
-import json
 import math
 import tempfile
 from dataclasses import dataclass, field
@@ -38,7 +37,10 @@ from training.metrics import (
     point_metrics,
     reference,
 )
+from training.outputs import write_json
+from training.served import DEFAULT_CONFIDENCE, DEFAULT_PREDICTOR, DEFAULT_TARGET
 from training.sweep import POLICIES, best_model_index, knob_grid, policy_kwargs, sweep_policy
+from training.targets import Target
 
 BEST_FIXED = "best_fixed"
 ORACLE = "oracle"
@@ -63,7 +65,7 @@ class LearnedRouter:
     name: str
     router: Router
     policies: Sequence[str] = POLICIES
-    selection: dict | None = None  # training-time choice (see training.served.Selection)
+    certificate: dict | None = None  # the served default's certificate (see training.served)
     fallback: str | None = None  # the threshold policy's fallback model (the best single model on training prompts)
 
 
@@ -115,8 +117,7 @@ def replay_rows(
             for knob, choice in sweep_policy(policy, s.p, s.cost, grid, keep=extra_knobs.get(name, ()), models=s.models, **kw):
                 yield ReplayRow(name, knob, choice)
         if item.router.policy_ is not None:
-            choice, _ = item.router.policy_.choose(s.p, s.cost, None, s.models)
-            yield ReplayRow(f"{item.name}/{SERVED}", float(item.router.policy_.knob), choice)
+            yield ReplayRow(f"{item.name}/{SERVED}", float(item.router.policy_.knob), item.router.default_choice(s))
 
 
 # ----------------------------------------------------------------------------- results
@@ -130,6 +131,7 @@ class ReplayResult:
     metrics: dict[str, dict[str, float]]  # name -> metric -> value
     reference: Reference
     meta: dict = field(default_factory=dict)
+    calibration: dict | None = None  # the served default's calibration on the evaluation prompts (training.fit.calibration_table)
 
     @property
     def single_models(self) -> list[str]:
@@ -210,14 +212,25 @@ def summarise(evalset: OutcomeMatrix, rows: Sequence[ReplayRow], point_knobs: di
         entry["margin_vs_fixed"] = margin_above(ref.fixed_x, ref.fixed_y, chosen[2], chosen[3])
         entry["settings"] = float(len(settings))
         metrics[name] = entry
+    for entry in metrics.values():
+        entry.update(versus_best(entry, ref))
     # best fixed: the hull of the single models; its point is the best single model
     best = metrics[ref.best_model]
     entry = {"knob": float("nan"), **{k: best[k] for k in POINT_METRICS}}
     entry.update(curve_metrics(ref, mcost, mqual, None if strong is None else [0.0 if j != strong else 1.0 for j in range(len(mcost))]))
     entry["margin_vs_fixed"] = 0.0
     entry["settings"] = float(len(mcost))
+    entry.update(versus_best(entry, ref))
     metrics = {**{k: metrics[k] for k in evalset.models}, BEST_FIXED: entry, **{k: v for k, v in metrics.items() if k not in evalset.models}}
     return curve, decisions, metrics, ref
+
+
+def versus_best(entry: dict, ref: Reference) -> dict[str, float]:
+    """A point's success and mean cost divided by the best single model's on the same prompts."""
+    return {
+        "success_vs_best": entry["success_rate"] / ref.best_quality if ref.best_quality > 0 else float("nan"),
+        "cost_vs_best": entry["usd_per_request"] / ref.best_cost if ref.best_cost > 0 else float("nan"),
+    }
 
 
 # ----------------------------------------------------------------------------- pipeline
@@ -237,15 +250,20 @@ def run_replay(
     n_knobs: int = 256,
     folds: int = 3,
     min_coverage: float = 0.9,
+    target: Target = DEFAULT_TARGET,
+    confidence: float = DEFAULT_CONFIDENCE,
+    select_prompts: int | None = 3000,
     echo: Callable[[str], None] = lambda msg: None,
 ) -> ReplayResult:
     """Split, train (unless ``router`` is given), replay and measure. See the module docstring.
 
     ``predictors``: registered success predictors to train (default: those the
-    registry marks as replayed).
+    registry marks as replayed). Each one's served default is certified on
+    the training split exactly as ``thrifty train`` certifies it (``target``,
+    ``confidence``; on at most ``select_prompts`` training prompts).
     """
-    from training.fit import ensemble_router, fit_with_oof, resolve_prices
-    from training.served import choose_default
+    from training.fit import ensemble_router, fit_router, resolve_prices
+    from training.served import collect_evidence, evidence_prompts, serve
 
     if predictors is None:
         predictors = [k for k in predictor_names() if get_predictor(k).replayed]
@@ -268,7 +286,7 @@ def run_replay(
     learned: list[LearnedRouter] = []
     extra: dict[str, list[float]] = {}
     point_knobs: dict[str, float] = {}
-    selections: dict[str, dict] = {}
+    certificates: dict[str, dict] = {}
     if router is not None:
         known = [m for m in test.models if m in router.models_ and m in prices]
         if len(known) < 2:
@@ -277,27 +295,27 @@ def run_replay(
             echo(f"replaying on the {len(known)} logged models the router knows")
             test, train = test.select_models(known), train.select_models(known)
         train_best = train.models[best_model_index(train.success, train.cost)] if train.n_prompts else None
-        learned.append(LearnedRouter(router_name, router, policies, getattr(router, "selection_", None), train_best))
+        cert = getattr(router, "certificate_", None)
+        learned.append(LearnedRouter(router_name, router, policies, None if cert is None else cert.to_dict(), train_best))
     else:
-        fitted: dict[str, tuple[Router, np.ndarray, np.ndarray]] = {}
+        fitted: dict[str, tuple[Router, list]] = {}
         for kind in predictors:
             members = get_predictor(kind).members
             if members and all(m in fitted for m in members):
                 # the mean of the members' predictions: no need to fit them again
                 router_k = ensemble_router([fitted[m][0] for m in members])
-                P = np.mean([fitted[m][1] for m in members], axis=0)
-                C = fitted[members[-1]][2]
+                evidence = [ev.averaged([fitted[m][1][i] for m in members[1:]]) for i, ev in enumerate(fitted[members[0]][1])]
             else:
-                echo(f"fitting {kind} on {train.n_prompts} prompts (knob chosen on {folds}-fold out-of-fold predictions)")
-                router_k, P, C = fit_with_oof(train, prices, predictor=kind, seed=seed, folds=folds)
-            fitted[kind] = (router_k, P, C)
-            router_k, selection = choose_default(router_k, train, P, C, policies=policies)
-            learned.append(LearnedRouter(kind, router_k, policies, selection.to_dict(), selection.best_model))
-            selections[kind] = selection.to_dict()
-            for policy, row in selection.per_policy.items():
-                if row is not None:
-                    extra[f"{kind}/{policy}"] = [row["knob"]]
-                    point_knobs[f"{kind}/{policy}"] = row["knob"]
+                echo(f"fitting {kind} on {train.n_prompts} prompts (its served default certified on {folds}-fold cross-fitted predictions)")
+                evidence = collect_evidence(evidence_prompts(train, select_prompts, seed), prices, predictor=kind, seed=seed, folds=folds)
+                router_k = fit_router(train, prices, predictor=kind, seed=seed)
+            fitted[kind] = (router_k, evidence)
+            served, cert = serve(router_k, evidence, target=target, confidence=confidence, policies=policies, seed=seed)
+            learned.append(LearnedRouter(kind, served, policies, cert.to_dict(), cert.best_model or None))
+            certificates[kind] = {k: v for k, v in cert.to_dict().items() if k != "prices"}
+            if cert.policy in policies:
+                extra[f"{kind}/{cert.policy}"] = [cert.knob]
+                point_knobs[f"{kind}/{cert.policy}"] = cert.knob
     echo(f"replaying on {test.n_prompts} held-out prompts")
     rows = list(replay_rows(test, train, learned, prices, n_knobs=n_knobs, seed=seed, extra_knobs=extra))
     curve, decisions, metrics, ref = summarise(test, rows, point_knobs)
@@ -318,16 +336,25 @@ def run_replay(
         "task_holdout": task_holdout,
         "n_knobs": n_knobs,
         "folds": folds,
-        "selections": selections,
+        "certificates": certificates,
+        "served_default": f"{DEFAULT_PREDICTOR}/{SERVED}" if DEFAULT_PREDICTOR in certificates else (f"{router_name}/{SERVED}" if router is not None else None),
+        "target": target.describe(),
+        "confidence": confidence,
         "datasets": sorted(set(map(str, matrix.datasets))),
     }
-    return ReplayResult(test, curve, decisions, metrics, ref, meta)
+    from training.fit import calibration_table
+
+    served = next((item.router for item in learned if f"{item.name}/{SERVED}" == meta["served_default"]), None)
+    calibration = calibration_table(served, test) if served is not None else None
+    return ReplayResult(test, curve, decisions, metrics, ref, meta, calibration)
 
 
 # ----------------------------------------------------------------------------- outputs
 
 TABLE_COLUMNS = (
     ("success_rate", "success", "{:.3f}"),
+    ("success_vs_best", "S/best", "{:.3f}"),
+    ("cost_vs_best", "$/best", "{:.3f}"),
     ("input_tokens", "in tok", "{:.0f}"),
     ("output_tokens", "out tok", "{:.0f}"),
     ("usd_per_request", "$/req", "{:.3g}"),
@@ -361,24 +388,18 @@ def format_table(result: ReplayResult) -> str:
     best = result.best_learned()
     if best:
         lines.append(f"best learned router: {best}, gap closed {result.metrics[best]['gap_closed']:+.3f}")
+    served = result.meta.get("served_default")
+    if served in result.metrics:
+        m = result.metrics[served]
+        lines.append(
+            f"served default {served}: {m['success_vs_best']:.3f}x the success and {m['cost_vs_best']:.3f}x the cost of {ref.best_model} "
+            f"(asked: {result.meta.get('target')}, {result.meta.get('confidence', float('nan')):.0%} confidence)"
+        )
     return "\n".join(lines)
 
 
-def _json_safe(value):
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, (np.floating, float)):
-        v = float(value)
-        return v if math.isfinite(v) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
-
-
 def write_outputs(result: ReplayResult, out_dir: str | Path, title: str = "") -> dict[str, Path]:
-    """``metrics.json``, ``curve.csv``, ``decisions.parquet``, ``frontier.png`` and ``replay.json`` in ``out_dir``.
+    """``metrics.json``, ``curve.csv``, ``decisions.parquet``, ``frontier.png``, ``replay.json`` and ``calibration.png`` in ``out_dir``.
 
     In ``metrics.json`` a non-finite number is written as ``null``, as JSON has
     none: not defined (APGR on logs with more than two models) or never reached
@@ -393,11 +414,17 @@ def write_outputs(result: ReplayResult, out_dir: str | Path, title: str = "") ->
         "plot": out / "frontier.png",
         "meta": out / "replay.json",
     }
-    paths["metrics"].write_text(json.dumps(_json_safe(result.metrics), indent=2))
+    write_json(paths["metrics"], result.metrics)
     result.curve.to_csv(paths["curve"], index=False, float_format="%.17g")
     result.decisions.to_parquet(paths["decisions"], index=False)
-    paths["meta"].write_text(json.dumps(_json_safe(result.meta), indent=2))
+    write_json(paths["meta"], result.meta)
     frontier_plot(result, paths["plot"], title)
+    if result.calibration is not None:
+        from training.plots import calibration_plot
+
+        paths["calibration"] = calibration_plot(
+            result.calibration, out / "calibration.png", f"{result.meta['served_default']}: calibration on {result.meta['test_prompts']} held-out prompts"
+        )
     return paths
 
 
@@ -453,11 +480,12 @@ def log_to_mlflow(result: ReplayResult, paths: dict[str, Path], experiment: str,
     from training import tracking
 
     with tracking.start_run(experiment, run_name=run_name) as run:
-        flat = {k: v for k, v in {**(params or {}), **{k: v for k, v in result.meta.items() if k != "selections"}}.items()}
+        flat = {k: v for k, v in {**(params or {}), **{k: v for k, v in result.meta.items() if k != "certificates"}}.items()}
         mlflow.log_params({k: str(v)[:500] for k, v in flat.items()})
         tracking.log_metrics_nested(result.metrics, prefix="replay/")
-        for key in ("metrics", "curve", "plot", "meta"):
-            mlflow.log_artifact(str(paths[key]))
+        for key in ("metrics", "curve", "plot", "meta", "calibration"):
+            if key in paths:
+                mlflow.log_artifact(str(paths[key]))
         if paths["decisions"].stat().st_size < 64 * 2**20:
             mlflow.log_artifact(str(paths["decisions"]))
         return run.info.run_id
