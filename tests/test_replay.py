@@ -189,3 +189,12 @@ def test_replay_cli_rejects_a_missing_task(tmp_path, thrifty_home):
     result = CliRunner().invoke(replay, ["--logs", str(logs), "--prices", prices_csv(tmp_path / "p.csv"), "--task-holdout", "nope", "--out", str(tmp_path / "o"), "--no-mlflow"])
     assert result.exit_code != 0
     assert "no such task" in result.output
+
+
+def test_palette_stays_distinct_for_many_models():
+    from training.plots import palette
+
+    styles = palette(42)
+    assert len({c for c, _, _ in styles}) == 42  # 42 different colours
+    assert len(set(palette(130))) == 130  # beyond 60 colours, marker and line style keep series apart
+    assert len({c for c, _, _ in palette(8)}) == 8

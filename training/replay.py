@@ -337,7 +337,8 @@ def run_replay(
         "n_knobs": n_knobs,
         "folds": folds,
         "certificates": certificates,
-        "served_default": f"{DEFAULT_PREDICTOR}/{SERVED}" if DEFAULT_PREDICTOR in certificates else (f"{router_name}/{SERVED}" if router is not None else None),
+        # what `thrifty train` would serve: its default predictor if trained here, else the first router replayed
+        "served_default": f"{DEFAULT_PREDICTOR}/{SERVED}" if DEFAULT_PREDICTOR in certificates else (f"{learned[0].name}/{SERVED}" if learned else None),
         "target": target.describe(),
         "confidence": confidence,
         "datasets": sorted(set(map(str, matrix.datasets))),
@@ -429,48 +430,48 @@ def write_outputs(result: ReplayResult, out_dir: str | Path, title: str = "") ->
 
 
 def frontier_plot(result: ReplayResult, path: Path, title: str = "") -> Path:
-    """Cost (log scale) against success: single models, best-fixed hull, oracle, baselines, learned routers."""
+    """Cost (log scale) against success: single models, best-fixed hull, oracle, baselines, learned routers.
+
+    Single models are numbered on the plot and named in a key beside it (30+
+    model names cannot all be written at their points); legend and key sit
+    outside the axes.
+    """
     from training.metrics import pareto_hull
-    from training.plots import _pyplot
+    from training.plots import _pyplot, outside_legend, palette, place_labels, save
 
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(9, 6.5))
+    fig, ax = plt.subplots(figsize=(10, 6.5))
     curve = result.curve
-    singles = curve[curve.router.isin(result.single_models)]
-    ax.scatter(singles.cost, singles.quality, color="black", s=14, zorder=5, label="single models")
-    if len(singles) <= 12:
-        for _, r in singles.iterrows():
-            ax.annotate(str(r.router)[-24:], (r.cost, r.quality), fontsize=6, xytext=(3, -6), textcoords="offset points")
+    singles = curve[curve.router.isin(result.single_models)].sort_values("cost")
+    ax.scatter(singles.cost, singles.quality, color="black", s=14, zorder=5, label="single models (numbered, key below)")
     ref = result.reference
     hx, hy = ref.fixed_x, ref.fixed_y
     ax.plot(np.r_[hx, ref.hi], np.r_[hy, hy[-1]], color="black", linestyle="--", linewidth=1.2, label=f"best fixed (AIQ {ref.aiq_fixed:.3f})")
-    colours = list(plt.get_cmap("tab20").colors)
-    k = 0
-    for name in [n for n in result.metrics if n not in result.single_models and n != BEST_FIXED]:
+    names = [n for n in result.metrics if n not in result.single_models and n != BEST_FIXED and (curve.router == n).any()]
+    for name, (colour, marker, _) in zip(names, palette(len(names))):
         pts = curve[curve.router == name]
-        if not len(pts):
-            continue
-        aiq_value = result.metrics[name]["aiq"]
         if len(pts) == 1:
-            marker = "*" if name.endswith(SERVED) else "X"
-            ax.scatter(pts.cost, pts.quality, marker=marker, s=90, zorder=6, color=colours[k % len(colours)], label=f"{name}")
+            ax.scatter(pts.cost, pts.quality, marker="*" if name.endswith(SERVED) else marker, s=110, zorder=6, color=colour,
+                       edgecolors="black", linewidths=0.4, label=name)
         else:
             x, y = pareto_hull(pts.cost.to_numpy(), pts.quality.to_numpy())
             style = ":" if name in (ORACLE, TASK_PRIOR) else "-"
-            colour = "grey" if name == ORACLE else colours[k % len(colours)]
+            colour = "grey" if name == ORACLE else colour
             ax.scatter(pts.cost, pts.quality, s=3, alpha=0.35, color=colour)
-            ax.plot(np.r_[x, ref.hi], np.r_[y, y[-1]], linestyle=style, linewidth=1.3, color=colour, label=f"{name} (AIQ {aiq_value:.3f})")
-        k += 1
+            ax.plot(np.r_[x, ref.hi], np.r_[y, y[-1]], linestyle=style, linewidth=1.3, color=colour, label=f"{name} (AIQ {result.metrics[name]['aiq']:.3f})")
     ax.set_xscale("log")
+    ax.margins(x=0.06, y=0.05)
+    place_labels(ax, singles.cost.to_numpy(), singles.quality.to_numpy(), [str(k) for k in range(1, len(singles) + 1)])
     ax.set_xlabel("mean cost per request (USD, log scale)")
     ax.set_ylabel("mean success")
     ax.set_title(title or "cost–quality frontier on held-out prompts")
     ax.grid(True, which="both", alpha=0.2)
-    ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    legend = outside_legend(ax)
+    key = "\n".join(f"{k:>2}  {m}" for k, m in enumerate(singles.router, 1))
+    fig.canvas.draw()
+    box = legend.get_window_extent().transformed(ax.transAxes.inverted())
+    ax.text(box.x0, box.y0 - 0.03, key, transform=ax.transAxes, fontsize=6, va="top", ha="left", family="monospace")
+    return save(fig, path)
 
 
 def log_to_mlflow(result: ReplayResult, paths: dict[str, Path], experiment: str, params: dict | None = None, run_name: str = "replay") -> str:
