@@ -103,4 +103,4 @@ def paired_loss(chosen_success: np.ndarray, best_success: np.ndarray, *, relativ
         raise ValueError("give exactly one of a relative or an absolute quality target")
     if relative is not None:
         return relative * np.asarray(best_success, dtype=np.float64)[:, None] - s, -1.0, float(relative)
-    return absolute - s, float(absolute) - 1.0, float(absolute)
+    return absolute - s, min(float(absolute) - 1.0, -1e-12), float(absolute)

@@ -445,10 +445,9 @@ def replay(logs, prices, catalogs, router_uri, test_size, seed, task_holdout, ou
 @click.option("--budget", type=float, default=None, help="USD to spend over --requests requests")
 @click.option("--requests", type=int, default=None, help="expected number of requests the --budget must pay for")
 @click.option("--policy", type=click.Choice(["threshold", "tradeoff", "any"]), default="any", show_default=True, help="policy whose knob is tuned")
-@predictor_option("ensemble")
-@click.option("--z", "z", type=float, default=1.0, show_default=True, help="standard errors by which the chosen setting must meet the target on the validation split")
-@_options(experiment_option, no_mlflow_option)
-def tune(logs, prices, catalogs, router_uri, test_size, seed, task_holdout, name, target_quality, relative, max_cost, budget, requests, policy, predictor, z, experiment, no_mlflow):
+@predictor_option(DEFAULT_PREDICTOR)
+@_options(confidence_option, experiment_option, no_mlflow_option)
+def tune(logs, prices, catalogs, router_uri, test_size, seed, task_holdout, name, target_quality, relative, max_cost, budget, requests, policy, predictor, confidence, experiment, no_mlflow):
     """Choose the knob that meets a quality or cost target on a validation split; save it as a named profile."""
     from router.profiles import ProfileError
     from training.sweep import POLICIES
@@ -478,13 +477,13 @@ def tune(logs, prices, catalogs, router_uri, test_size, seed, task_holdout, name
             test_size=test_size,
             seed=seed,
             task_holdout=task_holdout,
-            z=z,
+            confidence=confidence,
             echo=say,
         )
     except (ProfileError, ValueError) as exc:  # TargetError is a ValueError
         raise click.ClickException(str(exc)) from None
     p, v, t = result.profile, result.validation, result.test
-    click.echo(f"target: {result.target.describe(v['best_single'])}")
+    click.echo(f"target: {result.target.describe(v['best_single'])}, certified with {confidence:.0%} confidence")
     click.echo(f"chosen on {result.n_validation} validation prompts: {p.policy} knob {p.knob:.6g} -> success {v['quality']:.3f}, ${v['cost']:.3g} per request")
     click.echo(
         f"on {result.n_test} test prompts (not used for the choice): success {t['quality']:.3f}, ${t['cost']:.3g} per request "
