@@ -30,8 +30,11 @@ class Certificate:
     setting's mean success and mean cost divided by the best model's, on
     cross-fitted predictions of the training prompts (so an estimate, not the
     guarantee). ``prices`` is the price table the setting was certified and
-    decides under. ``novelty_cut``: prompts more novel than this go to
-    ``best_model`` (None: no prompt is sent there for its novelty).
+    decides under. ``safe_model``: the cheapest single model certified to keep
+    the target on its own (the best model, unless a cheaper one ties with
+    it); the threshold policy falls back to it. ``novelty_cut``: prompts more
+    novel than this go to ``safe_model`` (None: no prompt is sent there for
+    its novelty).
     """
 
     certified: bool
@@ -55,6 +58,11 @@ class Certificate:
     prices_sha256: str = ""
     prices: dict = field(default_factory=dict)
     evidence: dict = field(default_factory=dict)  # per evidence set (in-distribution, held-out tasks): success/cost vs best
+    safe_model: str = ""  # where the fallback and the novelty guard send prompts: the cheapest model certified alone
+
+    @property
+    def guard_model(self) -> str:
+        return self.safe_model or self.best_model
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -71,6 +79,8 @@ class Certificate:
             "confidence": self.confidence,
             "floor": self.floor,
             "best_model": self.best_model,
+            "safe_model": self.guard_model,
+            "novelty_cut": self.novelty_cut,
             "expected_cost_vs_best": self.cost_vs_best,
             "expected_success_vs_best": self.success_vs_best,
             "prices_sha256": self.prices_sha256,
@@ -80,7 +90,7 @@ class Certificate:
         """One or two lines for people."""
         if not self.certified:
             return f"no setting cheaper than the best single model is certified: {self.reason}; serving {self.best_model}"
-        guard = f"; prompts with novelty above {self.novelty_cut:.2f} go to {self.best_model}" if self.novelty_cut is not None else ""
+        guard = f"; prompts with novelty above {self.novelty_cut:.2f} go to {self.guard_model}" if self.novelty_cut is not None else ""
         return (
             f"certified with {self.confidence:.0%} confidence: success >= {self.target} (floor {self.floor:.3f}); "
             f"{self.policy} knob {self.knob:.6g}, expected {self.success_vs_best:.3f}x the success and "

@@ -27,7 +27,7 @@ class Decision:
     a deterministic policy; below 1 when the server explores). ``novelty``
     says how unlike the router's training prompts the prompt is (see
     :mod:`router.novelty`); ``guarded``: the default policy sent it to the
-    best single model for that reason.
+    certificate's safe model (the best model, or a certified cheaper near-tie) for that reason.
     """
 
     model: str
@@ -40,7 +40,7 @@ class Decision:
     explored: bool = False
     extra: dict = field(default_factory=dict, compare=False)
     novelty: float | None = None  # how unlike the router's training prompts the prompt is (1.0 = typical)
-    guarded: bool = False  # sent to the best single model because of its novelty
+    guarded: bool = False  # sent to the certificate's safe model because of its novelty
 
     @property
     def chosen(self) -> Candidate:

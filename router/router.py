@@ -243,12 +243,12 @@ class Router:
         )
 
     def _novelty_guard(self, novelty: float, models: Sequence[str]) -> int | None:
-        """Column of the best single model when the certificate sends a prompt this novel there, else None."""
+        """Column of the certificate's safe model when it sends a prompt this novel there, else None."""
         cert = getattr(self, "certificate_", None)
         if cert is None or cert.novelty_cut is None or not novelty > cert.novelty_cut:
             return None
         try:
-            return list(models).index(cert.best_model)
+            return list(models).index(cert.guard_model)
         except ValueError:  # the best model is not a candidate of this request
             return None
 
@@ -256,6 +256,6 @@ class Router:
         """The model (column of ``scores``) the default policy chooses for every prompt: ``decide(...).model`` for all rows at once."""
         choice, _ = self.policy_.choose(scores.p, scores.cost, None, scores.models)
         cert = getattr(self, "certificate_", None)
-        if scores.novelty is not None and cert is not None and cert.novelty_cut is not None and cert.best_model in scores.models:
-            choice = np.where(scores.novelty > cert.novelty_cut, scores.models.index(cert.best_model), choice)
+        if scores.novelty is not None and cert is not None and cert.novelty_cut is not None and cert.guard_model in scores.models:
+            choice = np.where(scores.novelty > cert.novelty_cut, scores.models.index(cert.guard_model), choice)
         return choice

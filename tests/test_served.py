@@ -89,6 +89,22 @@ def test_nothing_certified_when_predictions_carry_no_signal_says_so_and_serves_t
     assert "NOT" not in cert.describe() and "no setting cheaper than the best single model is certified" in cert.describe()
 
 
+def test_a_cheaper_model_tied_with_the_best_becomes_the_safe_end():
+    """Near-ties at the top: the cheaper twin is certified alone, and the fallback and the guard use it."""
+    rng = np.random.default_rng(5)
+    n = 3000
+    best = (rng.random(n) < 0.9).astype(float)
+    twin = np.where(rng.random(n) < 0.97, best, 1 - best)  # the same prompts right, 3% flipped either way
+    cheap = (rng.random(n) < 0.3).astype(float)
+    success = np.column_stack([cheap, twin, best])
+    cost = np.tile([1.0, 5.0, 10.0], (n, 1))
+    p = np.clip(success * 0.0 + np.array([0.3, 0.9, 0.9]) + rng.normal(0, 0.01, success.shape), 0, 1)  # no prompt-level signal
+    ev = Evidence("prompts", p, cost, rng.random(n), success, cost)
+    setting, cert = certify_default([ev], ["cheap", "twin", "best"], target=Target(relative=0.95))
+    assert cert.best_model == "best" and cert.safe_model == "twin" and cert.guard_model == "twin"
+    assert cert.certified and cert.cost_vs_best == pytest.approx(0.5, abs=0.02)
+
+
 def test_an_absolute_target_above_the_best_model_is_refused_with_the_numbers():
     _, cert = certify_default([sample_evidence(300, 1)], MODELS, target=Target(quality=0.99))
     assert not cert.certified and "the best single model reaches only" in cert.reason
@@ -145,7 +161,7 @@ def test_a_shift_in_the_prompts_moves_decisions_toward_the_best_model():
 
     cut = float(np.quantile(router.novelty_.reference_scores_, 0.99))
     cheap = Tradeoff(1e9)  # the cheapest model for every prompt, unless its novelty sends it to the best model
-    served = router.with_policy(cheap, certificate_=Certificate.from_dict({**cert.to_dict(), "best_model": "large", "novelty_cut": cut}))
+    served = router.with_policy(cheap, certificate_=Certificate.from_dict({**cert.to_dict(), "best_model": "large", "safe_model": "large", "novelty_cut": cut}))
     familiar = [t for t in synthetic_logs(60, seed=99).drop_duplicates("prompt_id").prompt if "Prove" not in t]
     # the same traffic after a shift: tables to compute over, a kind of prompt the router never saw
     shifted = [

@@ -136,6 +136,29 @@ def _sequence(policy: str, cut: float | None, first: Evidence, n_knobs: int) -> 
     return [Setting(policy, float(k), cut) for k in knobs]
 
 
+def _safe_model(evidence: Sequence[Evidence], best: int, relative, absolute, delta: float, seed: int) -> int:
+    """The cheapest single model certified to keep the target: the safe end of every sequence.
+
+    Models are tested from the most to the least successful on the training
+    prompts (fixed sequence); for a relative target the best model itself
+    always passes. When the top models are near-ties, a cheaper one may be
+    certified, and then the fallback and the novelty guard use it.
+    """
+    first = evidence[0]
+    order = np.lexsort((first.cost.mean(axis=0), -first.success.mean(axis=0)))
+    pvalues = np.zeros(len(order))
+    for ev in evidence:
+        loss, low, high = paired_loss(ev.success[:, order], ev.success[:, best], relative=relative, absolute=absolute)
+        pv = betting_pvalues(loss, low, high, delta=delta, seed=seed)
+        if relative is not None:
+            pv[order == best] = 0.0
+        pvalues = np.maximum(pvalues, pv)
+    passed = order[: fixed_sequence(pvalues, delta)]
+    if not len(passed):
+        return best
+    return int(min(passed, key=lambda j: first.cost[:, j].mean()))
+
+
 def certify_default(
     evidence: Sequence[Evidence],
     models: Sequence[str],
@@ -163,10 +186,11 @@ def certify_default(
     quantiles = NOVELTY_QUANTILES if novelty_quantiles is None else novelty_quantiles
     cuts = [None, *sorted({float(np.quantile(first.novelty, q)) for q in quantiles}, reverse=True)]
     families = [(policy, cut) for policy in policies for cut in cuts]
-    delta = (1 - confidence) / len(families)
+    delta = (1 - confidence) / (len(families) + 1)  # + 1: the single models' sequence below
     relative, absolute = target.relative, target.quality
     floor = relative * best_success if relative is not None else absolute
     target_text = f"{relative:.0%} of the best single model's success" if relative is not None else f"a mean success of {absolute:g}"
+    safe = _safe_model(evidence, best, relative, absolute, delta, seed)
 
     candidates, stops = [], []
     for policy, cut in families:
@@ -174,7 +198,7 @@ def certify_default(
         pvalues = np.zeros(len(settings))
         stats = {}
         for ev in evidence:
-            choice = np.stack([s.choose(ev, models, best) for s in settings], axis=1)
+            choice = np.stack([s.choose(ev, models, safe) for s in settings], axis=1)
             rows = np.arange(ev.n)[:, None]
             s, c = ev.success[rows, choice], ev.cost[rows, choice]
             loss, low, high = paired_loss(s, ev.success[:, best], relative=relative, absolute=absolute)
@@ -193,7 +217,7 @@ def certify_default(
             stops.append((in_cost[passed], settings[passed], float(pvalues[passed]), at(passed)))
 
     common = dict(
-        best_model=models[best], target=target_text, confidence=confidence, relative=relative, absolute=absolute,
+        best_model=models[best], safe_model=models[safe], target=target_text, confidence=confidence, relative=relative, absolute=absolute,
         floor=float(floor), best_success=best_success, n_prompts=first.n, method=METHOD,
     )
     if candidates:
@@ -246,8 +270,7 @@ def serve(router: Router, evidence: Sequence[Evidence], **certify_kw) -> tuple[R
         return router.with_policy(policy, certificate_=certificate), certificate
     setting, certificate = certify_default(complete, router.models_, **certify_kw)
     certificate = Certificate.from_dict({**certificate.to_dict(), "prices_sha256": prices_digest(table), "prices": table})
-    best = certificate.best_model
-    policy = make_policy(setting.policy, setting.knob, **policy_kwargs(setting.policy, best))
+    policy = make_policy(setting.policy, setting.knob, **policy_kwargs(setting.policy, certificate.safe_model))
     return router.with_policy(policy, certificate_=certificate), certificate
 
 
