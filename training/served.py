@@ -25,11 +25,15 @@ A setting is certified only if it passes on every evidence set (an
 intersection-union test: each at the family's level), so the promise holds
 for familiar prompts and for new tasks alike.
 
-**Settings.** Two policy families (``threshold`` with the best model as
-fallback, ``tradeoff``), each crossed with novelty cuts (none, and the
-90/95/99% quantiles of the novelty of held-out training prompts): a prompt
-more novel than the cut goes to the best single model. Each (family, cut) is
-one fixed sequence from safe to cheap, tested at ``delta / families``.
+**Settings.** First the *safe model*: the cheapest single model certified
+to keep the target on its own (the best model itself, unless a cheaper one
+ties with it — the top of zeroeval-gsm8k). Then two policy families
+(``threshold`` with the safe model as fallback, ``tradeoff``), each crossed
+with novelty cuts (none, and the 90/95/99% quantiles of the novelty of
+held-out training prompts): a prompt more novel than the cut goes to the
+safe model. Each (family, cut) is
+one fixed sequence from safe to cheap, tested at ``delta / (families + 1)``
+(the single models' sequence is the + 1).
 Shift awareness is thus calibrated, not guessed: the cut is used only when
 the held-out tasks show that cheap choices lose on novel prompts, and the
 prompts it sends to the best model are exactly those.
