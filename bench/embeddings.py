@@ -147,7 +147,8 @@ def evaluate(tasks_per_dataset: int | None = None) -> dict:
     rows = []
     for name in DATASETS:
         frame = read_logs([DATA / "outcomes" / f"{name}.parquet"], prices_all)
-        stored = np.load(WORK / f"{name}.npz", allow_pickle=True)
+        with np.load(WORK / f"{name}.npz", allow_pickle=True) as npz:  # each access to an npz entry reads it again: once each
+            stored = {key: npz[key] for key in ("prompt_id", "minilm", "static")}
         by_id = {pid: k for k, pid in enumerate(stored["prompt_id"])}
         texts = frame.drop_duplicates("prompt_id").set_index("prompt_id").prompt.astype(str)
         matrix, _, _ = complete_matrix(OutcomeMatrix.from_frame(frame))
@@ -161,8 +162,8 @@ def evaluate(tasks_per_dataset: int | None = None) -> dict:
                 if rep == "tfidf":
                     featurizer = TextFeaturizer()
                 else:
-                    kind = rep.split("+")[-1]
-                    table = {texts[pid]: stored[kind][by_id[pid]] for pid in texts.index if pid in by_id}
+                    vectors = stored[rep.split("+")[-1]]
+                    table = {texts[pid]: vectors[by_id[pid]] for pid in texts.index if pid in by_id}
                     featurizer = LookupFeaturizer(table, with_tfidf=rep.startswith("tfidf+"))
                 router = _router(featurizer).fit(train.texts, train.success, train.output_tokens, train.models, prices)
                 P = router.success_.predict_proba(router.features(test.texts))
