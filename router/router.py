@@ -86,6 +86,19 @@ class Router:
         self.novelty_ = (self.novelty if self.novelty is not None else NoveltyScorer()).fit(X)
         self.success_.fit(X, success, weights, models=models)
         self.tokens_.fit(X, output_tokens, None, models=models)
+        return self._fitted_for(models, prices)
+
+    @classmethod
+    def from_fitted(cls, featurizer, success, tokens, policy, models: Sequence[str], prices: PriceTable) -> "Router":
+        """A router of components already fitted on the same prompts (a distributed fit fits them apart)."""
+        router = cls(featurizer, success, tokens, policy)
+        router.featurizer_, router.success_, router.tokens_, router.policy_ = featurizer, success, tokens, policy
+        return router._fitted_for(models, prices)
+
+    def _fitted_for(self, models: Sequence[str], prices: PriceTable) -> "Router":
+        missing = prices.missing(models)
+        if missing:
+            raise RoutingError(f"no price for model(s) {missing}")
         self.models_ = list(models)
         self.prices_ = PriceTable({m: prices[m] for m in models})
         return self

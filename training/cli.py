@@ -78,8 +78,12 @@ def _options(*options):
     return wrap
 
 
-LOGS_HELP = "outcome log file(s): .parquet, .jsonl, .csv, or RouterBench .pkl/.csv; several after one --logs, or --logs repeated"
-logs_option = click.option("--logs", "logs", cls=FileListOption, help=LOGS_HELP)
+LOGS_HELP = (
+    "outcome log(s): files (.parquet, .jsonl, .csv, RouterBench .pkl/.csv), directories of Parquet parts, or fsspec URLs "
+    "(file://, s3://, gs://); several after one --logs, or --logs repeated"
+)
+# Not click.Path: directories and URLs are logs too; training.sources checks each one.
+logs_option = click.option("--logs", "logs", cls=FileListOption, type=click.STRING, help=LOGS_HELP)
 prices_option = click.option(
     "--prices", "prices", cls=FileListOption,
     help="prices CSV(s) (schema of shared/data/prices.csv) loaded as catalog entries; models no table prices are priced from their logged costs",
@@ -144,9 +148,9 @@ def _catalog(prices: tuple[str, ...], catalogs: tuple[str, ...]):
         raise click.ClickException(str(exc)) from None
 
 
-def _log_paths(logs: tuple[str, ...]) -> list[Path]:
+def _log_paths(logs: tuple[str, ...]) -> list[str]:
     if logs:
-        return [Path(p) for p in logs]
+        return list(logs)
     raise click.UsageError("give at least one --logs FILE (or run `thrifty data fetch routerbench`)")
 
 
@@ -205,30 +209,44 @@ train_out_option = click.option(
 @_options(logs_option, prices_option, catalog_option, predictor_option(DEFAULT_PREDICTOR), served_target_option, relative_option, confidence_option)
 @_options(test_size_option(0.2), seed_option, experiment_option, name_option, train_out_option)
 @click.option("--no-register", is_flag=True, help="fit and measure only; log nothing to MLflow")
-def train(logs, prices, catalogs, predictor, target_quality, relative, confidence, test_size, seed, experiment, name, out_dir, no_register):
+@click.option(
+    "--dask", "dask_address", default=None, metavar="ADDRESS",
+    help="read, featurise and fit on a Dask cluster: a scheduler (tcp://host:8786), 'local' or 'local:N' for a LocalCluster of N workers (needs thrifty[dask]; fits the lightgbm predictor)",
+)
+@click.pass_context
+def train(ctx, logs, prices, catalogs, predictor, target_quality, relative, confidence, test_size, seed, experiment, name, out_dir, no_register, dask_address):
     """Learn the cheapest model that still succeeds from outcome logs; certify the default; register it as champion."""
+    from contextlib import nullcontext
+
+    from training.distributed import DaskError, dask_client
     from training.logs import LogError
     from training.train import train as run_train
 
     settings = get_settings()
     target = _quality_target(target_quality, relative)
+    if dask_address is not None and predictor != "lightgbm":
+        if ctx.get_parameter_source("predictor") is not click.core.ParameterSource.DEFAULT:
+            raise click.UsageError(f"--dask fits the lightgbm predictor only (got --predictor {predictor})")
+        predictor = "lightgbm"  # the default ensemble has no distributed fit
     try:
-        result = run_train(
-            _log_paths(logs),
-            _catalog(prices, catalogs),
-            predictor=predictor,
-            target=target,
-            confidence=confidence,
-            test_size=test_size,
-            seed=seed,
-            experiment=experiment or settings.experiment,
-            name=name or settings.registry_name,
-            register=not no_register,
-            out_dir=_train_out(out_dir),
-            progress=True,
-            echo=say,
-        )
-    except (LogError, ValueError) as exc:
+        with dask_client(dask_address) if dask_address is not None else nullcontext() as client:
+            result = run_train(
+                _log_paths(logs),
+                _catalog(prices, catalogs),
+                predictor=predictor,
+                target=target,
+                confidence=confidence,
+                test_size=test_size,
+                seed=seed,
+                experiment=experiment or settings.experiment,
+                name=name or settings.registry_name,
+                register=not no_register,
+                out_dir=_train_out(out_dir),
+                progress=True,
+                echo=say,
+                dask_client=client,
+            )
+    except (LogError, ValueError, DaskError) as exc:
         raise click.ClickException(str(exc)) from None
     _print_training(result, name or settings.registry_name)
 
@@ -272,37 +290,35 @@ def _print_certificate(cert) -> None:
 
 @command()
 @logs_option
-@click.option("--store", type=click.Path(exists=True, dir_okay=False), default=None, help="a serving outcome store (SQLite); its decisions joined with feedback are exported and used")
-@click.option("--benchmark-logs", "benchmark_logs", cls=FileListOption, help="full-matrix benchmark logs to mix in")
+@click.option("--store", default=None, help="a serving outcome store (a SQLite file, sqlite:/// or postgresql:// URL); its decisions joined with feedback are used")
+@click.option("--benchmark-logs", "benchmark_logs", cls=FileListOption, type=click.STRING, help="full-matrix benchmark logs to mix in (files, directories of parts or URLs, as --logs)")
 @_options(prices_option, catalog_option, predictor_option(DEFAULT_PREDICTOR), served_target_option, relative_option, confidence_option)
 @click.option("--propensity-clip", default=20.0, show_default=True, help="largest inverse-propensity weight")
 @_options(test_size_option(0.2), seed_option, experiment_option, name_option, train_out_option)
 def retrain(logs, store, benchmark_logs, prices, catalogs, predictor, target_quality, relative, confidence, propensity_clip, test_size, seed, experiment, name, out_dir):
     """Retrain on served traffic (propensity-weighted), optionally mixed with benchmark logs; register as challenger."""
-    import subprocess
-    import sys
     import tempfile
 
+    from models.store import StoreError, open_store
+    from models.store.outcomes import outcome_frame
     from training.logs import LogError
     from training.tracking import CHALLENGER
     from training.train import train as run_train
 
     settings = get_settings()
     target = _quality_target(target_quality, relative)
-    paths = [Path(p) for p in (*logs, *benchmark_logs)]
+    paths = [*logs, *benchmark_logs]
     with tempfile.TemporaryDirectory() as tmp:
         if store:
-            # Served logs reach training through storage: the serving CLI exports
-            # the store to a file in the canonical format, training reads the file.
+            # served traffic through the store's interface, as canonical outcome rows
+            try:
+                with open_store(store, create=False) as served:
+                    frame = outcome_frame(served)
+            except StoreError as exc:
+                raise click.ClickException(str(exc)) from None
             exported = Path(tmp) / "served.parquet"
-            proc = subprocess.run(
-                [sys.executable, "-m", "thrifty.cli", "logs", "export", "--store", store, "--out", str(exported)],
-                capture_output=True,
-                text=True,
-            )
-            if proc.returncode != 0:
-                raise click.ClickException(f"exporting {store} failed: {proc.stderr.strip() or proc.stdout.strip()}")
-            paths.append(exported)
+            frame.to_parquet(exported, index=False)
+            paths.append(str(exported))
         if not paths:
             raise click.UsageError("give --logs (exported served logs), --store, and/or --benchmark-logs")
         try:

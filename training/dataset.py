@@ -99,7 +99,7 @@ class OutcomeMatrix:
             prompt_keys=np.asarray(key_uniques, dtype=object),
             datasets=frame["dataset"].astype(str).to_numpy()[first],
             tasks=frame["task"].astype(str).to_numpy()[first],
-            texts=frame["prompt"].astype(str).to_numpy()[first].tolist(),
+            texts=frame["prompt"].iloc[first].astype(str).tolist(),  # convert n_prompts texts, not every row's
             models=[str(x) for x in model_uniques],
             success=grid("success"),
             input_tokens=grid("input_tokens"),

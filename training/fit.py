@@ -33,6 +33,16 @@ def resolve_prices(matrix: OutcomeMatrix, catalog_prices: PriceTable) -> tuple[P
     return PriceTable(table), inferred
 
 
+def make_router(*, predictor: str = "lightgbm", seed: int = 0, policy=None, n_components: int = 64) -> Router:
+    """The unfitted router that :func:`fit_router` fits (a distributed fit builds the same one)."""
+    return Router(
+        featurizer=TextFeaturizer(n_components=n_components, random_state=seed),
+        success=make_success_predictor(predictor, seed),
+        tokens=TokenRegressor(),
+        policy=policy or Threshold(0.7),
+    )
+
+
 def fit_router(
     matrix: OutcomeMatrix,
     prices: PriceTable,
@@ -51,12 +61,7 @@ def fit_router(
     """
     if weights is None:
         weights = propensity_weights(matrix, propensity_clip)
-    router = Router(
-        featurizer=TextFeaturizer(n_components=n_components, random_state=seed),
-        success=make_success_predictor(predictor, seed),
-        tokens=TokenRegressor(),
-        policy=policy or Threshold(0.7),
-    )
+    router = make_router(predictor=predictor, seed=seed, policy=policy, n_components=n_components)
     return router.fit(matrix.texts, matrix.success, matrix.output_tokens, matrix.models, prices, weights)
 
 

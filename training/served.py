@@ -289,6 +289,7 @@ def fit_served_router(
     target: Target = DEFAULT_TARGET,
     confidence: float = DEFAULT_CONFIDENCE,
     policies: Sequence[str] = POLICIES,
+    fit=None,
     **fit_kw,
 ) -> tuple[Router, Certificate]:
     """A router fitted on every prompt of ``matrix``, its default certified on cross-fitted predictions of them.
@@ -296,8 +297,10 @@ def fit_served_router(
     On large logs the evidence comes from a random subset of
     ``max_select_prompts`` prompts (the certificate needs enough prompts to be
     sure, not K extra fits on every row). This is what ``thrifty train`` serves.
+    ``fit`` fits the served router (default ``fit_router``; ``training.distributed``
+    passes its Dask fit); the cross-fits of the evidence stay local.
     """
     sub = evidence_prompts(matrix, max_select_prompts, seed)
     evidence = collect_evidence(sub, prices, predictor=predictor, seed=seed, folds=folds, **fit_kw)
-    router = fit_router(matrix, prices, predictor=predictor, seed=seed, **fit_kw)
+    router = (fit or fit_router)(matrix, prices, predictor=predictor, seed=seed, **fit_kw)
     return serve(router, evidence, target=target, confidence=confidence, policies=policies, seed=seed)

@@ -92,13 +92,27 @@ def train(
     out_dir: Path | None = None,
     progress: bool = False,
     echo=lambda msg: None,
+    dask_client=None,
 ) -> TrainResult:
     """Read logs, fit on a split by prompt, certify the served default, measure on the rest, log and register in MLflow.
 
     ``out_dir``: also write the plots and JSON outputs there (they always go to the MLflow run).
+    With ``dask_client`` (a ``distributed.Client``) the logs are read, the prompts
+    featurised and the served router's success booster trained on the cluster's
+    workers (see ``training.distributed``); the router is the same kind either way.
     """
+    fit = None
+    if dask_client is not None:
+        from functools import partial
+
+        from training.distributed import fit_router_dask, read_logs_dask
+
+        fit = partial(fit_router_dask, dask_client)
     with bar(total=5, enabled=progress, desc="train", unit="step") as steps:
-        frame = read_logs(log_paths, catalog.prices(), progress=progress)
+        if dask_client is None:
+            frame = read_logs(log_paths, catalog.prices(), progress=progress)
+        else:
+            frame = read_logs_dask(dask_client, log_paths, catalog.prices())
         matrix = OutcomeMatrix.from_frame(frame)
         prices, inferred = resolve_prices(matrix, catalog.prices())
         if inferred:
@@ -113,7 +127,7 @@ def train(
         # predictions of the training prompts only; the held-out part stays untouched.
         router, certificate = fit_served_router(
             matrix.subset(train_idx), prices, predictor=predictor, seed=seed, propensity_clip=propensity_clip,
-            max_select_prompts=select_prompts, target=target, confidence=confidence,
+            max_select_prompts=select_prompts, target=target, confidence=confidence, fit=fit,
         )
         steps.update(1)
         test = matrix.subset(test_idx)
@@ -141,6 +155,7 @@ def train(
                 "propensity_weighted": weighted,
                 "alias": alias,
                 "test_prompts": len(test_idx),
+                "dask_workers": len(dask_client.scheduler_info()["workers"]) if dask_client is not None else 0,
             }
             with tracking.start_run(experiment, run_name=f"train-{predictor}") as run:
                 import mlflow
