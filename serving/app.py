@@ -297,7 +297,10 @@ def models_listing(services: Services, *, anthropic_style: bool = False) -> dict
                 for i, _, d in entries]
         return {"data": data, "has_more": False, "first_id": data[0]["id"] if data else None,
                 "last_id": data[-1]["id"] if data else None}
-    return {"object": "list", "data": [{"id": i, "object": "model", "created": 0, "owned_by": o} for i, o, _ in entries]}
+    data = [{"id": i, "object": "model", "created": 0, "owned_by": o} for i, o, _ in entries]
+    for entry in data[: len(services.routing.profiles)]:  # router profiles first: what their default promises
+        entry["certificate"] = services.routing.certificate(entry["id"])
+    return {"object": "list", "data": data}
 
 
 async def route_only(services: Services, request: Request, client: str, body: dict, parsed: RouteRequest) -> JSONResponse:
@@ -321,6 +324,9 @@ async def route_only(services: Services, request: Request, client: str, body: di
         "limit_unmet": decision.extra.get("limit_unmet"),
         "propensity": decision.propensity,
         "router_version": decision.router_version,
+        "novelty": decision.novelty,
+        "guarded": decision.guarded,
+        "certificate": services.routing.certificate(parsed.model),
         "candidates": record.candidates,
     }
     return JSONResponse(payload, headers=completion.decision_headers(decision_id, decision))

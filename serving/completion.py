@@ -235,6 +235,8 @@ async def decide(services: Services, requested: str, text: str, constraints: Con
     metrics = services.metrics
     metrics.routing_latency.observe(time.perf_counter() - started)
     metrics.child(metrics.decisions, decision.extra.get("profile", requested), decision.model).inc()
+    if decision.novelty is not None:
+        metrics.decision_novelty.observe(decision.novelty)
     return decision
 
 

@@ -62,6 +62,10 @@ class Metrics:
             "thrifty_routing_latency_seconds", "Time to make a routing decision",
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25), registry=r,
         )
+        self.decision_novelty = Histogram(
+            "thrifty_decision_novelty", "How unlike the router's training prompts each routed prompt is (1 = typical; see router.novelty)",
+            buckets=(0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0, 5.0), registry=r,
+        )
         self.decision_batch = Histogram(
             "thrifty_decision_batch_size", "Requests decided together in one batch (those that arrived in the same turn of the event loop)",
             buckets=(1, 2, 4, 8, 16, 32, 64), registry=r,

@@ -40,6 +40,7 @@ from typing import Callable, Literal, Mapping, Sequence
 
 from models.catalog import Catalog, ModelSpec
 from models.tokens import count_tokens
+from router.certificate import price_drift
 from router.decision import Candidate, Decision
 from router.explore import explore
 from router.profiles import Profile
@@ -220,6 +221,7 @@ class Routing:
         self.rng = rng or random.Random()
         self.catalog = catalog
         self.prices = catalog.prices()
+        self._price_checked: set[str] = set()
         self.profiles = dict(profiles)
         self.default_profile = default_profile
         self.tokens = tokens
@@ -268,7 +270,7 @@ class Routing:
                 results[k] = exc
         for loaded, ks in batches.values():
             try:
-                scores = loaded.router.score([requests[k][1] for k in ks], self.prices)
+                scores = loaded.router.score([requests[k][1] for k in ks], self.decision_prices(loaded))
             except Exception:  # noqa: BLE001 - each request is decided alone and gets its own error
                 scores = None
             for row, k in enumerate(ks):
@@ -278,6 +280,41 @@ class Routing:
                 except Exception as exc:  # noqa: BLE001
                     results[k] = exc
         return results  # type: ignore[return-value]
+
+    def decision_prices(self, loaded: LoadedRouter):
+        """The prices a router decides under: those its default was certified under, else the catalog's.
+
+        A certified router keeps deciding exactly as it was certified to (its
+        quality floor holds whatever the catalog says); a catalog that prices
+        its models differently is reported once per router version, because the
+        router's stated saving was computed under its own prices.
+        """
+        cert = getattr(loaded.router, "certificate_", None)
+        if cert is None or not cert.prices:
+            return self.prices
+        if loaded.version not in self._price_checked:
+            self._price_checked.add(loaded.version)
+            drift = price_drift(cert.prices, self.prices.to_dict())
+            if drift:
+                shown = ", ".join(f"{m}: ${a[0]:g}/${a[1]:g} certified, ${b[0]:g}/${b[1]:g} in the catalog" for m, (a, b) in list(drift.items())[:5])
+                log.warning(
+                    "router %s decides under the prices it was certified under; the catalog prices %d of its models differently (%s, per 1M "
+                    "input/output tokens): retrain with the catalog's prices (thrifty train --prices ...) to re-certify it under them",
+                    loaded.version, len(drift), shown,
+                )
+        return loaded.router.prices_
+
+    def certificate(self, name: str) -> dict | None:
+        """What the profile ``name`` promises, for /v1/route and /v1/models: its router's certificate, when the profile serves the router's default."""
+        if name not in self._router_policy:
+            return None  # a catalog model, or a tuned profile with its own policy
+        loaded = self._loaded(self.profiles[name])
+        cert = getattr(loaded.router, "certificate_", None)
+        if cert is None or not cert.best_model:
+            return None
+        drift = price_drift(cert.prices, self.prices.to_dict())
+        summary = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in cert.summary().items()}
+        return {**summary, "catalog_prices_differ": sorted(drift)}
 
     def _loaded(self, profile: Profile) -> LoadedRouter:
         return self.holder.get(profile.router_uri if profile.router_uri in self.holder.uris else None)
@@ -292,7 +329,7 @@ class Routing:
         bounds = {"min_quality": constraints.min_quality, "max_cost": constraints.max_cost, "version": loaded.version}
         try:
             if scores is None:
-                decision = router.route(text, self.prices, policy, allowed=allowed, **bounds)
+                decision = router.route(text, self.decision_prices(loaded), policy, allowed=allowed, **bounds)
             else:
                 decision = router.decide(scores, row, policy, allowed=allowed, **bounds)
         except RoutingError as exc:

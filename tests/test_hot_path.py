@@ -145,7 +145,7 @@ def _ref_route(router, text, prices, policy=None, *, allowed=None, min_quality=N
         for j in order
     )
     return Decision(model=s.models[chosen], candidates=candidates, policy=policy.name, knob=float(policy.knob),
-                    fallback=fallback or bool(fb[0]), router_version=version)
+                    fallback=fallback or bool(fb[0]), router_version=version, novelty=float(s.novelty[0]))
 
 
 # -- corpora and routers ---------------------------------------------------------------------------

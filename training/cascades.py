@@ -37,7 +37,7 @@ threshold router between the first and the last stage.
 
 Every setting is scored on the training prompts with *out-of-fold* inputs —
 the router's predictions come from routers that did not see the prompt
-(``training.fit.fit_with_oof``), the learned tests from models fitted on the
+(``training.fit.cross_fit``), the learned tests from models fitted on the
 other folds — and the settings on the Pareto front of (mean cost, mean
 success) over the training prompts (no other setting is as cheap and better)
 become the family's knob settings (knob = the setting's mean cost on the
@@ -713,26 +713,28 @@ def _family_metrics(ref: Reference, found: FamilySearch, outcomes: list[CascadeO
 # ----------------------------------------------------------------------------- replay hook
 
 
-def cascade_predictions(train: OutcomeMatrix, test: OutcomeMatrix, learned, fitted: dict, prices) -> tuple[np.ndarray, np.ndarray, str]:
+def cascade_predictions(train: OutcomeMatrix, test: OutcomeMatrix, learned, fitted: dict, prices, *, folds: int = 3, seed: int = 0) -> tuple[np.ndarray, np.ndarray, str]:
     """Router predictions for the cascades: out-of-fold on the training prompts, the fitted router's on the test prompts.
 
-    Of the predictors fitted, the one whose out-of-fold predictions have the
-    lowest Brier score on the training prompts. With a given router
-    (``--router``) nothing is out-of-fold: its predictions on the training
-    prompts are used as they are (it must not have seen the test prompts).
+    Of the predictors fitted (``fitted``: predictor -> router, its certification
+    evidence), the one whose cross-fitted predictions have the lowest Brier
+    score on the evidence prompts; its out-of-fold predictions of every
+    training prompt are then cross-fitted. With a given router (``--router``)
+    nothing is out-of-fold: its predictions on the training prompts are used
+    as they are (it must not have seen the test prompts).
     """
+    from training.fit import cross_fit
     from training.replay import router_scores
 
     if fitted:
-        seen = train.observed
 
         def brier(kind):
-            P = fitted[kind][1]
-            ok = seen & ~np.isnan(P)
-            return float(np.mean((P[ok] - train.success[ok]) ** 2)) if ok.any() else math.inf
+            evidence = fitted[kind][1]  # by-prompt evidence first: the same prompts and folds for every predictor
+            return float(np.mean((evidence[0].p - evidence[0].success) ** 2)) if evidence and evidence[0].n else math.inf
 
         kind = min(fitted, key=brier)
-        router, p_train, _ = fitted[kind]
+        router = fitted[kind][0]
+        p_train, _, _ = cross_fit(train, prices, predictor=kind, seed=seed, folds=folds)
         return p_train, router_scores(router, test, prices).p, f"{kind} (out-of-fold on the training prompts)"
     item = learned[0]
     return router_scores(item.router, train, prices).p, router_scores(item.router, test, prices).p, f"{item.name} (given router; in-sample on the training prompts)"
@@ -740,7 +742,7 @@ def cascade_predictions(train: OutcomeMatrix, test: OutcomeMatrix, learned, fitt
 
 def add_cascade_rows(train, test, learned, fitted, prices, ref, curve, metrics, *, folds: int = 3, seed: int = 0, max_models: int = 8, echo=lambda msg: None):
     """``thrifty replay --cascades``: the ``cascade/<family>`` rows merged into a replay's curve and metrics."""
-    p_train, p_test, source = cascade_predictions(train, test, learned, fitted, prices)
+    p_train, p_test, source = cascade_predictions(train, test, learned, fitted, prices, folds=folds, seed=seed)
     echo(f"searching cascades on {train.n_prompts} training prompts (router predictions: {source})")
     rep = replay_cascades(train, test, p_train, p_test, ref, folds=folds, seed=seed, max_models=max_models, echo=echo)
     metrics = dict(metrics)

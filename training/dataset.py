@@ -155,6 +155,24 @@ def prompt_folds(texts: Sequence[str], folds: int, seed: int) -> list[np.ndarray
     return [np.flatnonzero(part == k) for k in range(folds)]
 
 
+def task_folds(tasks: Sequence[str], folds: int) -> list[np.ndarray]:
+    """Row indices of up to ``folds`` parts, each holding whole tasks (one task per part when there are at most ``folds``).
+
+    Tasks are dealt largest first to the part with the fewest rows so far, so
+    parts are about equal in size; deterministic.
+    """
+    tasks = np.asarray(tasks).astype(str)
+    names, counts = np.unique(tasks, return_counts=True)
+    k = min(folds, len(names))
+    sizes, owner = np.zeros(k, dtype=int), {}
+    for i in np.lexsort((names, -counts)):
+        part = int(np.argmin(sizes))
+        owner[names[i]] = part
+        sizes[part] += counts[i]
+    part_of = np.array([owner[t] for t in tasks])
+    return [np.flatnonzero(part_of == j) for j in range(k)]
+
+
 def _text_groups(texts: list[str]) -> np.ndarray:
     return pd.factorize(pd.Series(texts))[0]
 
