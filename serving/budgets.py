@@ -134,11 +134,19 @@ class Budgets:
 
     async def admit(self, client: str, decision_id: str, body: Mapping[str, Any], models: Sequence[str]) -> Reservation | None:
         """Book the request's maximum cost, or raise :class:`BudgetExceeded`; None when ``client`` has no budget."""
+        return await self.admit_calls(client, decision_id, body, [models])
+
+    async def admit_calls(self, client: str, decision_id: str, body: Mapping[str, Any],
+                          calls: Sequence[Sequence[str]]) -> Reservation | None:
+        """Book the maximum cost of several upstream calls made for one request (a cascade's stages): the sum, over
+        ``calls``, of the maximum cost of one call that may go to any of its models (fail-over included)."""
         budget = self.limit_for(client)
         if budget is None:
             return None
-        specs = [self.catalog.get(m) for m in dict.fromkeys(models) if m in self.catalog]
-        amount = max_request_cost(body, specs, default_max_tokens=self.default_max_tokens, max_attempts=self.max_attempts)
+        amount = 0.0
+        for models in calls:
+            specs = [self.catalog.get(m) for m in dict.fromkeys(models) if m in self.catalog]
+            amount += max_request_cost(body, specs, default_max_tokens=self.default_max_tokens, max_attempts=self.max_attempts)
         now = time.time()
         start, end = period_bounds(budget.period, now)
         reservation = Reservation(decision_id=decision_id, client=client, period_start=start, amount_usd=amount)

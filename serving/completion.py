@@ -35,12 +35,13 @@ from models.catalog import ModelSpec
 from models.providers import UpstreamError, UpstreamStreamError
 from models.store import DecisionRecord
 from router.decision import Decision
+from serving import cascade as cascades
 from serving import sse
 from serving.errors import InvalidRequest, ServingError, error_body, from_upstream
 from serving.fastjson import dumps
 from serving.reliability import Deadline, failover_order
 from serving.prompt import routing_text
-from serving.routing import PASSTHROUGH, Constraints, unservable
+from serving.routing import CASCADE, PASSTHROUGH, Constraints, unservable
 from serving.schemas import MAX_LABEL_CHARS, ThriftyOptions
 from serving.services import Services
 from serving.usage import Usage, usage_cost
@@ -255,6 +256,8 @@ async def handle_completion(
         services, decision_id=decision_id, endpoint=endpoint, client=client, requested=requested, text=text,
         decision=decision, constraints=constraints, stream=stream, status="ok",
     )
+    if decision.policy == CASCADE:
+        return await handle_cascade(services, fmt, body, decision, decision_id, record, deadline)
     started = time.perf_counter()
     try:
         candidates = failover_order(decision, include_unacceptable=services.config.failover_to_unacceptable,
@@ -304,6 +307,79 @@ async def handle_completion(
     return sse.EventStreamResponse(
         _stream_events(services, fmt, opened, record, started), headers={**headers, **sse.HEADERS}
     )
+
+
+async def handle_cascade(services: Services, fmt: str, body: Body, decision: Decision, decision_id: str,
+                         record: DecisionRecord, deadline: Deadline) -> Any:
+    """A cascade profile's request (:mod:`serving.cascade`): book the worst case, run the stages, answer with the
+    accepted call (a stream of it for a streaming client), record every call and the stages run."""
+    cascade, p, profile = decision.extra["cascade"], decision.extra["p"], decision.extra["profile"]
+    fallbacks = {m: [f for f in services.config.fallbacks.get(m, ()) if f in services.catalog] for m in cascade.models}
+    stream = bool(body.get("stream"))
+    started = time.perf_counter()
+    trace = ""
+    try:
+        cascades.check_request(body, profile)
+        if services.budgets is not None and services.budgets.enabled:
+            record.reservation = await services.budgets.admit_calls(
+                record.client, decision_id, body, cascades.worst_case_calls(cascade, p, fallbacks))
+        try:
+            run = await cascades.run_cascade(services.dispatcher, fmt, {k: v for k, v in body.items() if k != "stream"},
+                                             cascade, p, fallbacks, record.attempts, deadline=deadline)
+        except cascades.CascadeFailed as failed:
+            record.cascade = cascades.failed_record(profile, cascade, failed.stages)
+            trace = cascades.stage_trace(failed.stages)
+            raise failed.error from None
+    except (UpstreamError, ServingError) as exc:
+        error = from_upstream(exc, services.scrubber) if isinstance(exc, UpstreamError) else exc
+        record.status, record.http_status = "error", error.status
+        record.error_kind = exc.kind if isinstance(exc, UpstreamError) else (exc.kind or type(exc).__name__)
+        record.latency_s = time.perf_counter() - started
+        _spent(record)
+        await services.store.write(record)
+        error.headers = {**error.headers, **decision_headers(decision_id, decision), **_attempt_headers(record),
+                         **({cascades.HEADER: trace} if trace else {})}
+        raise error from None
+    except Exception:
+        record.status, record.http_status, record.error_kind = "error", 500, "internal"
+        record.latency_s = time.perf_counter() - started
+        await services.store.write(record)
+        raise
+    except BaseException:
+        record.status, record.error_kind = "error", "cancelled"
+        record.latency_s = time.perf_counter() - started
+        with anyio.CancelScope(shield=True):
+            await services.store.write(record)
+        raise
+
+    answer = run.answer
+    record.chosen_model = answer.spec.id
+    record.cascade = run.record(profile, cascade)
+    parts = [(c.answer.spec, c.answer.usage) for c in run.calls if c.answer is not None and c.answer is not answer]
+    _finish_record(services, record, [*parts, (answer.spec, answer.usage)], started, answer.finish_reason, answer.text)
+    headers = {**decision_headers(decision_id, decision, answered=answer.spec), **_attempt_headers(record),
+               cascades.HEADER: cascades.stage_trace(run.stages)}
+    await services.store.write(record)
+    if not stream:
+        return Response(answer.raw if answer.raw is not None else dumps(answer.body), headers=headers,
+                        media_type="application/json")
+    include_usage = bool((body.get("stream_options") or {}).get("include_usage")) if fmt == "openai" else False
+    events = cascades.answer_events(fmt, answer, include_usage=include_usage)
+
+    async def replay() -> AsyncIterator[bytes]:
+        for event in events:
+            yield event
+
+    return sse.EventStreamResponse(replay(), headers={**headers, **sse.HEADERS})
+
+
+def _spent(record: DecisionRecord) -> None:
+    """A failed cascade's record: the usage and spend of the calls that did answer (their attempts carry their costs)."""
+    answered = [a for a in record.attempts if a.status == "ok"]
+    if answered:
+        record.input_tokens = sum(a.input_tokens or 0 for a in answered)
+        record.output_tokens = sum(a.output_tokens or 0 for a in answered)
+        record.cost_usd = sum(a.cost_usd or 0.0 for a in answered)
 
 
 def _attempt_headers(record: DecisionRecord) -> dict[str, str]:

@@ -50,6 +50,7 @@ from serving.errors import InvalidRequest, LimitUnmet, NoRoutableModel, UnknownM
 log = logging.getLogger("thrifty.serving")
 
 PASSTHROUGH = "passthrough"
+CASCADE = "cascade"  # the policy of a decision made by a cascade profile (``decision.extra["cascade"]`` holds it)
 OnUnmetLimit = Literal["refuse", "degrade"]
 DEGRADE_HINT = "x-thrifty-on-unmet-limit: degrade (or thrifty.on_unmet_limit)"
 
@@ -223,6 +224,7 @@ class Routing:
         self.prices = catalog.prices()
         self._price_checked: set[str] = set()
         self.profiles = dict(profiles)
+        self._cascades = {name: c for name, c in ((n, p.make_cascade()) for n, p in self.profiles.items()) if c is not None}
         self.default_profile = default_profile
         self.tokens = tokens
         # Without a profile file of its name, the default profile decides with the router's own policy.
@@ -323,6 +325,8 @@ class Routing:
                scores: Scores | None = None, row: int = 0) -> Decision:
         """``scores``: the prompt's row ``row`` of a batch scored by ``loaded``'s router (else it is scored here)."""
         loaded = loaded or self._loaded(profile)
+        if profile.name in self._cascades:
+            return self._cascade(profile, text, constraints, loaded, scores, row)
         router = loaded.router
         allowed = self._allowed(router, profile, constraints)
         policy = None if profile.name in self._router_policy else profile.make_policy()
@@ -340,6 +344,66 @@ class Routing:
             # recording each choice's probability so the logs can train and evaluate routers.
             decision = explore(decision, self.explore_epsilon, self.rng)
         return replace(decision, extra={**decision.extra, "profile": profile.name})
+
+    def _cascade(self, profile: Profile, text: str, constraints: Constraints, loaded: LoadedRouter,
+                 scores: Scores | None, row: int) -> Decision:
+        """A cascade profile's decision: every model the cascade may call as a candidate (the first one called first),
+        with the router's predictions where it knows the model; ``extra`` carries the cascade and those predictions.
+
+        The request's limits apply to the cascade as a whole: every model it may call must be allowed and able to
+        serve the request, and its worst case (every stage it may reach) must fit ``max_cost``.
+        """
+        cascade = self._cascades[profile.name]
+        missing = [m for m in cascade.models if m not in self.catalog]
+        if missing:
+            raise NoRoutableModel(f"profile {profile.name!r} is a cascade over model(s) the catalog lacks: {', '.join(missing)}",
+                                  param="model")
+        if constraints.allowed_models is not None:
+            outside = [m for m in cascade.models if m not in constraints.allowed_models]
+            if outside:
+                param = constraints.param("allowed_models")
+                raise InvalidRequest(f"profile {profile.name!r} is a cascade that may call {', '.join(outside)}, "
+                                     f"which {param} leaves out", param=param)
+        specs = [self.catalog.get(m) for m in cascade.models]
+        unable = [s for s in specs if unservable(s, constraints) is not None]
+        if unable:
+            raise self._cannot_serve(unable, constraints)
+        prices = self.decision_prices(loaded)
+        known = [m for m in cascade.models if m in loaded.router.models_ and m in prices]
+        p: dict[str, float] = {}
+        out_tokens: dict[str, float] = {}
+        if scores is None or not known:
+            input_tokens = float(self.tokens(text))
+            if known:
+                scores, row = loaded.router.score([text], prices, known), 0
+        else:
+            input_tokens = float(scores.input_tokens[row])
+        if known and scores is not None:
+            for m in known:
+                j = scores.models.index(m)
+                p[m], out_tokens[m] = float(scores.p[row, j]), float(scores.output_tokens[row, j])
+        candidates = tuple(
+            Candidate(model=s.id, p_success=p.get(s.id, math.nan), expected_input_tokens=input_tokens,
+                      expected_output_tokens=out_tokens.get(s.id, 0.0),
+                      expected_cost=s.cost(input_tokens, out_tokens.get(s.id, 0.0)), acceptable=True)
+            for s in specs
+        )
+        plan = cascade.plan(p)
+        if constraints.max_cost is not None:
+            worst = cascade.worst_case_cost({c.model: c.expected_cost for c in candidates}, p)
+            if worst > constraints.max_cost:
+                param = constraints.param("max_cost")
+                raise LimitUnmet(f"profile {profile.name!r} is a cascade expected to cost up to ${worst:.6g} per request "
+                                 f"(every stage it may reach), above ${constraints.max_cost:.6g} ({param})", param=param)
+        return Decision(
+            model=cascade.stages[plan[0]].models[0],
+            candidates=candidates,
+            policy=CASCADE,
+            knob=math.nan,
+            fallback=False,
+            router_version=loaded.version,
+            extra={"profile": profile.name, "cascade": cascade, "p": p},
+        )
 
     def _allowed(self, router: Router, profile: Profile, constraints: Constraints) -> list[str] | None:
         known = [m for m in router.models_ if m in self.catalog]

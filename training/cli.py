@@ -465,10 +465,13 @@ def replay(logs, prices, catalogs, router_uri, test_size, seed, task_holdout, ou
 @click.option("--budget", type=float, default=None, help="USD to spend over --requests requests")
 @click.option("--requests", type=int, default=None, help="expected number of requests the --budget must pay for")
 @click.option("--policy", type=click.Choice(["threshold", "tradeoff", "any"]), default="any", show_default=True, help="policy whose knob is tuned")
+@click.option("--cascade", "cascade", is_flag=True, help="save a cascade (cheap models first, escalate when their answer fails a check), searched on the tuning split; logs with parsed answers")
+@click.option("--cascade-family", type=click.Choice(["fixed", "confidence", "learned", "any"]), default="any", show_default=True, help="with --cascade: the family of acceptance tests to choose from")
+@click.option("--cascade-models", default=8, show_default=True, type=click.IntRange(2, 12), help="with --cascade: at most this many models (on or near the cost-quality hull) to draw stages from")
 @predictor_option(DEFAULT_PREDICTOR)
 @_options(confidence_option, experiment_option, no_mlflow_option)
-def tune(logs, prices, catalogs, router_uri, test_size, seed, task_holdout, name, target_quality, relative, max_cost, budget, requests, policy, predictor, confidence, experiment, no_mlflow):
-    """Choose the knob that meets a quality or cost target on a validation split; save it as a named profile."""
+def tune(logs, prices, catalogs, router_uri, test_size, seed, task_holdout, name, target_quality, relative, max_cost, budget, requests, policy, cascade, cascade_family, cascade_models, predictor, confidence, experiment, no_mlflow):
+    """Choose the knob (or, with --cascade, the cascade) that meets a quality or cost target on a validation split; save it as a named profile."""
     from router.profiles import ProfileError
     from training.sweep import POLICIES
     from training.targets import Target
@@ -483,6 +486,27 @@ def tune(logs, prices, catalogs, router_uri, test_size, seed, task_holdout, name
     frame = _read(logs, table)
     router = _load_router(router_uri)
     settings = get_settings()
+    if cascade:
+        from training.tune import tune_cascade
+
+        try:
+            result = tune_cascade(
+                frame, table, target, name, router=router, router_uri=router_uri, profiles_dir=settings.profiles_dir,
+                families=None if cascade_family == "any" else (cascade_family,), predictor=predictor, test_size=test_size,
+                seed=seed, task_holdout=task_holdout, max_models=cascade_models, confidence=confidence, echo=say,
+            )
+        except (ProfileError, ValueError) as exc:
+            raise click.ClickException(str(exc)) from None
+        p, v, t = result.profile, result.validation, result.test
+        click.echo(f"target: {result.target.describe(v['best_single'])}, certified with {confidence:.0%} confidence")
+        click.echo(f"chosen on {result.n_validation} tuning prompts (out-of-fold): cascade/{p.target['family']} {p.target['describe']} "
+                   f"-> success {v['quality']:.3f}, ${v['cost']:.3g} per request")
+        click.echo(
+            f"on {result.n_test} test prompts (not used for the choice): success {t['quality']:.3f}, ${t['cost']:.3g} per request, "
+            f"{t['calls_per_request']:.2f} calls (best single model {t['best_single']:.3f}) -> target {'met' if t['target_met'] else 'MISSED'} on the test split"
+        )
+        click.echo(f"saved cascade profile {p.name!r} to {result.path} (router: {p.router_uri})")
+        return
     try:
         result = run_tune(
             frame,

@@ -212,3 +212,118 @@ def tune(
     if save:
         path = save_profile(profile, profiles_dir)
     return TuneResult(profile, path, target, validation, test_report, router_uri, val.n_prompts, test.n_prompts)
+
+
+def tune_cascade(
+    frame,
+    catalog_prices: PriceTable,
+    target: Target,
+    name: str,
+    *,
+    router: Router | None = None,
+    router_uri: str | None = None,
+    profiles_dir: Path | None = None,
+    families: Sequence[str] | None = None,
+    predictor: str = "lightgbm",
+    test_size: float = 0.3,
+    seed: int = 0,
+    task_holdout: str | None = None,
+    folds: int = 3,
+    max_models: int = 8,
+    confidence: float = 0.9,
+    save: bool = True,
+    echo=lambda msg: None,
+) -> TuneResult:
+    """``thrifty tune --cascade``: the cascade meeting ``target``, searched on the tuning split, saved as a profile.
+
+    The logs are split by prompt into a tuning part and a test part. Cascades
+    are searched on the tuning part (:class:`training.cascades.CascadeSearch`,
+    every family of ``families``) with out-of-fold inputs: the router's
+    predictions of each tuning prompt come from a router that did not see it
+    (``training.fit.cross_fit``; with a given ``router``, its own predictions),
+    and learned acceptance tests are fitted on the other folds. Among the
+    settings on the families' Pareto fronts, the one certified to meet the
+    target with ``confidence`` (:func:`certify_setting`: the cheapest above a
+    quality floor, the best under a cost cap) on those out-of-fold outcomes is
+    chosen; only then is it replayed on the test prompts, which the choice never
+    saw. Without a ``router``, one is fitted on every tuning prompt, saved beside
+    the profile and named by it (serving's gates and router-based tests use it).
+    """
+    from router.persist import save_router
+    from router.profiles import Profile, save_profile, validate_name
+    from training.cascades import FAMILIES, CascadeSearch, CascadeSearchError, cascade_data, infer_answer_kind, run_cascade
+    from training.dataset import OutcomeMatrix, complete_matrix, prompt_folds, split_by_prompt
+    from training.fit import cross_fit, fit_router, resolve_prices
+    from training.replay import router_scores
+
+    validate_name(name)
+    families = tuple(families or FAMILIES)
+    matrix, _, _ = complete_matrix(OutcomeMatrix.from_frame(frame))
+    if matrix.answers is None:
+        raise CascadeSearchError("the logs carry no parsed answers (column 'answer'): a cascade cannot be tuned on them")
+    prices, _ = resolve_prices(matrix, catalog_prices)
+    tune_idx, test_idx = split_by_prompt(matrix, test_size, seed, task_holdout)
+    train, test = matrix.subset(tune_idx), matrix.subset(test_idx)
+    if router is not None:
+        models = [m for m in matrix.models if m in router.models_ and m in prices]
+        if len(models) < 2:
+            raise ValueError(f"the router knows {len(models)} of the logged models; it needs at least two")
+        train, test = train.select_models(models), test.select_models(models)
+        p_train = router_scores(router, train, prices).p
+    else:
+        echo(f"cross-fitting {predictor} on {train.n_prompts} tuning prompts ({folds} folds) for out-of-fold predictions")
+        p_train, _, _ = cross_fit(train, prices, predictor=predictor, seed=seed, folds=folds)
+        router = fit_router(train, prices, predictor=predictor, seed=seed)
+    p_test = router_scores(router, test, prices).p
+    kind = infer_answer_kind(train.answers)
+    dtrain, dtest = cascade_data(train, p_train, kind), cascade_data(test, p_test, kind)
+    search = CascadeSearch(dtrain, prompt_folds(train.texts, folds, seed), max_models=max_models)
+    settings = []
+    for family in families:
+        found = search.search(family)
+        echo(f"cascade/{family}: {found.n_evaluated} settings on {dtrain.n_prompts} tuning prompts; {len(found.settings)} on their Pareto front")
+        settings += [(family, s) for s in found.settings]
+    # safe to risky for a quality floor: dearest first (certify_setting reverses the order for a cost cap)
+    settings.sort(key=lambda fs: -fs[1].cost)
+    success = np.stack([s.success for _, s in settings], axis=1)
+    cost = np.stack([run_cascade(s.cascade, dtrain).cost for _, s in settings], axis=1)
+    best = int(np.lexsort((train.cost.mean(axis=0), -train.success.mean(axis=0)))[0])
+    chosen = certify_setting([f for f, _ in settings], list(range(len(settings))), success, cost, train.success[:, best], target,
+                             confidence=confidence, seed=seed)
+    family, setting = settings[int(chosen["knob"])]
+    cascade = setting.cascade
+    cascade = type(cascade)(name, cascade.stages, cascade.answer_kind)
+    out = run_cascade(cascade, dtest)
+    test_best = float(test.success.mean(axis=0).max())
+    test_report = {"cost": float(out.cost.mean()), "quality": float(out.success.mean()), "best_single": test_best,
+                   "calls_per_request": float(out.n_calls.mean())}
+    floor, cap = target.quality_floor(test_best), target.cost_cap
+    test_report["target_met"] = bool((floor is None or out.success.mean() >= floor - 1e-12) and (cap is None or out.cost.mean() <= cap * (1 + 1e-12)))
+    best_single = float(train.success.mean(axis=0).max())
+    validation = {"cost": chosen["cost"], "quality": chosen["quality"], "best_single": best_single}
+    path = None
+    if save:
+        profiles_dir = Path(profiles_dir)
+        if router_uri is None:
+            router_uri = str(save_router(router, profiles_dir / f"{name}.router.joblib").resolve())
+    profile = Profile(
+        name=name,
+        router_uri=router_uri,
+        cascade=cascade.to_dict(),
+        target={
+            "asked": target.describe(best_single),
+            **{k: v for k, v in asdict(target).items() if v is not None},
+            "confidence": confidence,
+            "family": family,
+            "describe": cascade.describe(),
+            "validation": validation,
+            "test": test_report,
+            "validation_prompts": int(train.n_prompts),
+            "test_prompts": int(test.n_prompts),
+            "seed": seed,
+            "test_size": test_size,
+        },
+    )
+    if save:
+        path = save_profile(profile, profiles_dir)
+    return TuneResult(profile, path, target, validation, test_report, router_uri, train.n_prompts, test.n_prompts)

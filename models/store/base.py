@@ -467,6 +467,8 @@ class OutcomeStore(ABC):
             return None
         out = rows[0]
         out["candidates"] = json.loads(out["candidates"])
+        if out.get("cascade") is not None:
+            out["cascade"] = json.loads(out["cascade"])
         out["attempts"] = self._query(SELECT_ATTEMPTS_OF, (decision_id,))
         out["feedback"] = self._query(SELECT_FEEDBACK_OF, (decision_id,))
         return out

@@ -87,6 +87,8 @@ class DecisionRecord:
     stream: bool = False
     finish_reason: str | None = None
     response: str | None = None
+    # a cascade profile's run: {"profile", "cascade" (its description), "stages": [...], "answered_by"}; None otherwise
+    cascade: dict | None = None
     attempts: list[AttemptRecord] = field(default_factory=list)
     reservation: Reservation | None = None  # settled when the record is written
 
@@ -96,9 +98,10 @@ class DecisionRecord:
         return float(sum(a.cost_usd or 0.0 for a in self.attempts))
 
     def row(self) -> dict[str, Any]:
-        """The ``decisions`` row (every field but ``attempts`` and ``reservation``; candidates as JSON)."""
+        """The ``decisions`` row (every field but ``attempts`` and ``reservation``; candidates and cascade as JSON)."""
         data = {name: getattr(self, name) for name in DECISION_COLUMNS}
         data["candidates"] = json_text(self.candidates)
+        data["cascade"] = None if self.cascade is None else json_text(self.cascade)
         data["fallback"] = int(self.fallback)
         data["explored"] = int(self.explored)
         data["stream"] = int(self.stream)

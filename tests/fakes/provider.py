@@ -14,6 +14,7 @@ report, how slowly, and which fault to inject::
     fake.configure("claude-y", status=429, retry_after=2)
     fake.configure("gpt-x", cut_after_chunks=3)        # connection dropped mid-stream
     fake.configure("gpt-x", tool_call={"name": "get_weather", "arguments": {"city": "Paris"}})
+    fake.configure("gpt-x", answers={"2+2": "4", "capital": "Paris"})  # answers on cue (agree/disagree by prompt)
     fake.configure("gpt-x", reset_connection=True)       # TCP reset before any response
     fake.configure("gpt-x", stall_after_chunks=2)       # stream goes silent after 2 events
     fake.configure("gpt-x", status=500, fail_rate=0.3)  # a 5xx storm: 30% of calls fail
@@ -64,6 +65,8 @@ class Behavior:
     """What the fake does for one model. Defaults: a short text answer, counted usage, no delay, no fault."""
 
     text: str | None = None  # default: "Answer from <model>."
+    # answers on cue: the first key found in the request's messages picks the answer text (else ``text``)
+    answers: dict[str, str] | None = None
     tool_call: dict | None = None  # {"name": ..., "arguments": {...}}: answer with this call when tools are offered
     input_tokens: int | None = None  # default: words in the request
     output_tokens: int | None = None  # default: words in the answer
@@ -214,6 +217,9 @@ class FakeProvider:
         """Answer text, tool call (or None), input and output tokens."""
         model = body.get("model", "")
         text = behavior.text if behavior.text is not None else f"Answer from {model}."
+        if behavior.answers:
+            asked = json.dumps(body.get("messages", []), ensure_ascii=False)
+            text = next((answer for cue, answer in behavior.answers.items() if cue in asked), text)
         prefill = _prefill(body)
         if prefill is not None and self._prefill_mode(behavior, endpoint) == "continue" and text.startswith(prefill):
             text = text[len(prefill):]  # the rest of the answer the prefill began
