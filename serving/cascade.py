@@ -69,6 +69,7 @@ class StageRun:
     verdict: Verdict
     test: str  # the acceptance test's name
     answers: dict[str, str | None]  # stage model -> extracted answer
+    client_error: Exception | None = None  # a call's 4xx: the client's to fix, ends the request
 
     @property
     def outcome(self) -> str:
@@ -181,34 +182,16 @@ async def run_cascade(
     calls: list[Call] = []
     last_error: Exception | None = None
     for k in cascade.plan(p):
-        stage = cascade.stages[k]
-        # -- a stage begins: its calls run in parallel (the one place a stage starts and ends) --
-        stage_calls = [Call(m) for m in stage.models]
-        results = await asyncio.gather(
-            *(dispatcher.complete(client_format, body, [c.model, *fallbacks.get(c.model, ())], c.attempts, deadline=deadline)
-              for c in stage_calls),
-            return_exceptions=True,
-        )
-        client_error = None
-        for c, result in zip(stage_calls, results):
+        # a stage: its calls and its verdict (one span per stage belongs around this call)
+        run = await run_stage(dispatcher, client_format, body, cascade, k, p, fallbacks, answers, tokens, deadline=deadline)
+        stages.append(run)
+        for c in run.calls:
             attempts.extend(c.attempts)
             calls.append(c)
-            if isinstance(result, Answer):
-                c.answer = result
-                answers[c.model] = extract_answer(result.text)
-                tokens[c.model] = float(result.usage.output_tokens)
-                continue
-            if isinstance(result, (UpstreamBadRequest, InvalidRequest)):
-                client_error = client_error or result
-            elif not isinstance(result, (UpstreamError, ServingError)):
-                raise result  # a fault inside thrifty
-            c.error, answers[c.model], last_error = result, None, result
-        if client_error is not None:
-            raise client_error
-        verdict = cascade.decide(k, answers, p, tokens)
-        run = StageRun(k, stage_calls, verdict, stage.accept.name, {c.model: answers[c.model] for c in stage_calls})
-        stages.append(run)
-        # -- the stage ends: accepted, or on to the next --
+            last_error = c.error or last_error
+        if run.client_error is not None:
+            raise run.client_error
+        stage_calls, verdict = run.calls, run.verdict
         accepted = next((c.answer for c in stage_calls if c.model == verdict.model and c.answer is not None), None)
         if verdict.accept and accepted is None and verdict.final:
             # the last stage's chosen call failed: any answer it did get, else the failure
@@ -216,6 +199,46 @@ async def run_cascade(
         if verdict.accept and accepted is not None:
             return CascadeRun(accepted, stages, calls)
     raise CascadeFailed(last_error or RuntimeError("the cascade's last stage gave no answer"), stages)
+
+
+async def run_stage(
+    dispatcher: Dispatcher,
+    client_format: str,
+    body: Body,
+    cascade: Cascade,
+    k: int,
+    p: Mapping[str, float] | None,
+    fallbacks: Mapping[str, Sequence[str]],
+    answers: dict[str, str | None],
+    tokens: dict[str, float],
+    *,
+    deadline: Deadline,
+) -> StageRun:
+    """Stage ``k``: its models called in parallel, their answers added to ``answers``/``tokens``, and the cascade's verdict.
+
+    The one place a stage begins and ends (where a tracing span per stage goes).
+    """
+    stage = cascade.stages[k]
+    stage_calls = [Call(m) for m in stage.models]
+    results = await asyncio.gather(
+        *(dispatcher.complete(client_format, body, [c.model, *fallbacks.get(c.model, ())], c.attempts, deadline=deadline)
+          for c in stage_calls),
+        return_exceptions=True,
+    )
+    client_error = None
+    for c, result in zip(stage_calls, results):
+        if isinstance(result, Answer):
+            c.answer = result
+            answers[c.model] = extract_answer(result.text)
+            tokens[c.model] = float(result.usage.output_tokens)
+            continue
+        if isinstance(result, (UpstreamBadRequest, InvalidRequest)):
+            client_error = client_error or result
+        elif not isinstance(result, (UpstreamError, ServingError)):
+            raise result  # a fault inside thrifty
+        c.error, answers[c.model] = result, None
+    verdict = cascade.decide(k, answers, p, tokens)
+    return StageRun(k, stage_calls, verdict, stage.accept.name, {c.model: answers[c.model] for c in stage_calls}, client_error)
 
 
 def answer_events(client_format: str, answer: Answer, *, include_usage: bool = False) -> list[bytes]:

@@ -139,6 +139,29 @@ def test_a_failing_stage_model_fails_over_to_its_fallback(served, fake):
     assert fake.count(UPSTREAM["claude-large"]) == 0
 
 
+def test_a_cascade_whose_last_stage_fails_is_an_error_with_its_trace_and_every_call_stored(served, fake):
+    url, config = served
+    fake.configure(UPSTREAM["claude-large"], status=503)
+    with openai_sdk(url) as client, pytest.raises(Exception) as caught:
+        client.chat.completions.create(**ask("agree-then-large", DISAGREE))
+    response = caught.value.response
+    assert response.status_code >= 500
+    assert response.headers["x-thrifty-cascade"] == "1:oai-mini,claude-small=disagree;2:claude-large!=answer"
+    row = stored(config, response.headers["x-thrifty-decision-id"])
+    assert row["status"] == "error" and row["cascade"]["answered_by"] is None
+    assert_every_call_costed(row, ["oai-mini", "claude-small"])
+    assert {a["model"] for a in row["attempts"] if a["status"] == "error"} == {"claude-large"}
+
+
+def test_route_only_names_the_cascade(served, fake):
+    url, _ = served
+    response = httpx.post(f"{url}/v1/route", json=ask("agree-then-large", AGREE), headers={"authorization": f"Bearer {CLIENT_KEY}"}, timeout=20)
+    assert response.status_code == 200, response.text
+    assert response.json()["policy"] == "cascade" and response.json()["model"] == "oai-mini"
+    assert [c["model"] for c in response.json()["candidates"]] == ["oai-mini", "claude-small", "claude-large"]
+    assert len(fake.calls) == 0
+
+
 def test_the_budget_books_the_worst_case_and_refuses_before_any_call(fake, fake_server, router_path, tmp_path):
     from models.catalog import load_catalog
 
