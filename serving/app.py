@@ -141,12 +141,15 @@ def create_app(
     store: OutcomeStore | None = None,
     catalog: Catalog | None = None,
     profiles: dict[str, Profile] | None = None,
+    tracer_provider=None,
 ) -> FastAPI:
+    """``tracer_provider``: an OpenTelemetry tracer provider for thrifty's spans (default: the global one)."""
     config = config or get_config()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        services = build_services(config, router=router, providers=providers, store=store, catalog=catalog, profiles=profiles)
+        services = build_services(config, router=router, providers=providers, store=store, catalog=catalog, profiles=profiles,
+                                  tracer_provider=tracer_provider)
         if not services.client_keys:
             log.warning("no api_keys configured: thrifty accepts requests without a key")
         services.warm_up()  # the tokenizer, the routers and the SDK clients load now, not on the first request
@@ -263,13 +266,18 @@ async def route_only(services: Services, request: Request, client: str, body: di
     if parsed.prompt is None and not parsed.messages:
         raise InvalidRequest("give either 'prompt' or a non-empty 'messages'", param="messages")
     text = routing_text({k: v for k, v in body.items() if k != "thrifty"})
-    decision = await completion.decide(services, parsed.model, text, constraints)
+    trace = services.tracing.request(parsed.model, request.url.path, False)
+    try:
+        decision = await completion.decide(services, parsed.model, text, constraints, trace)
+    except BaseException as exc:
+        trace.fail(exc)
+        raise
     decision_id = completion.new_decision_id()
     record = completion.new_record(
         services, decision_id=decision_id, endpoint=request.url.path, client=client, requested=parsed.model,
         text=text, decision=decision, constraints=constraints, stream=False, status="routed",
     )
-    await services.store.write(record)
+    await completion.commit(services, record, trace)
     payload = {
         "decision_id": decision_id,
         "model": decision.model,

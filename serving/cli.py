@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from models.jsonout import json_result
 from serving.config import CONFIG_ENV, ConfigError, load_config
 
 
@@ -18,7 +19,9 @@ def _config(path: str | None, **overrides):
 
 
 @click.command()
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="YAML config (default: $THRIFTY_SERVE_CONFIG)")
+@click.option("--config", "--config-file", "config_path", type=click.Path(dir_okay=False),
+              help="YAML config (default: $THRIFTY_SERVE_CONFIG); --config-file is the same option, for wrappers "
+              "such as opentelemetry-instrument that would take --config as an abbreviation of their own")
 @click.option("--host", default=None, help="address to bind (default 127.0.0.1)")
 @click.option("--port", type=int, default=None, help="port (default 8000)")
 @click.option("--workers", type=int, default=None, help="worker processes (default 1)")
@@ -30,6 +33,7 @@ def serve(config_path, host, port, workers, log_level, access_log):
     import uvicorn
 
     config = _config(config_path, host=host, port=port, workers=workers, access_log=access_log)
+    _check_tracing(config.otel_endpoint)
     if config.workers > 1:
         # Worker processes each build their own app from the environment.
         if config_path:
@@ -52,6 +56,16 @@ def serve(config_path, host, port, workers, log_level, access_log):
     )
 
 
+def _check_tracing(config_endpoint: str | None) -> None:
+    """Span export configured without the SDK installed: one line before serving, not a failed start-up."""
+    from serving.tracing import TracingUnavailable, check
+
+    try:
+        check(config_endpoint)
+    except TracingUnavailable as exc:
+        raise click.ClickException(str(exc)) from None
+
+
 @click.group()
 def logs():
     """The outcome store of served traffic."""
@@ -62,6 +76,7 @@ def logs():
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="YAML config naming the store")
 @click.option("--store", "store_path", type=click.Path(dir_okay=False), help="the SQLite store (overrides the config)")
 @click.option("--include-unlabeled", is_flag=True, help="also export answered requests without feedback")
+@json_result
 def export(out, config_path, store_path, include_unlabeled):
     """Write served outcomes (decisions joined with feedback) in the canonical outcome format."""
     from serving.export import export_outcomes
@@ -74,3 +89,5 @@ def export(out, config_path, store_path, include_unlabeled):
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"wrote {len(frame)} outcome rows to {out}")
+    return {"command": "logs export", "out": str(Path(out).resolve()), "rows": len(frame),
+            "labeled": int(frame["success"].notna().sum()), "include_unlabeled": include_unlabeled}

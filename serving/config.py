@@ -149,6 +149,12 @@ class ServingConfig(BaseSettings):
     explore_epsilon: float = Field(default=0.0, ge=0, le=1, description="share of routed traffic spent exploring acceptable models")
     explore_seed: int | None = Field(default=None, description="seed of the exploration draws (tests, simulations)")
     reload_interval_s: float = Field(default=30.0, ge=0, description="poll the registry alias for a new champion; 0 disables")
+    otel_endpoint: str | None = Field(
+        default=None,
+        description="OTLP/HTTP collector to export thrifty's OpenTelemetry spans to (e.g. http://localhost:4318); "
+        "default: OTEL_EXPORTER_OTLP_TRACES_ENDPOINT / OTEL_EXPORTER_OTLP_ENDPOINT; unset: no spans exported "
+        "(needs pip install 'thrifty[otel]')",
+    )
 
     @field_validator("api_keys")
     @classmethod

@@ -13,6 +13,7 @@ import asyncio
 import logging
 
 from serving.routing import LoadedRouter, RouterHolder, load_router_uri
+from serving.tracing import detached
 
 log = logging.getLogger("thrifty.serving")
 
@@ -57,7 +58,10 @@ class RegistryWatcher:
 
     def start(self) -> None:
         if self.interval_s > 0 and self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run())
+            # Out of every trace: no request's span as parent, and the registry's SQLite and HTTP
+            # calls (MLflow, in threads that copy this context) make no spans every few seconds.
+            with detached():
+                self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
         if self._task is not None:

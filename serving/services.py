@@ -24,6 +24,7 @@ from serving.reliability import Breakers
 from serving.reload import RegistryWatcher
 from serving.routing import LoadedRouter, RouterHolder, Routing, load_router_uri, router_version
 from serving.store import OutcomeStore
+from serving.tracing import Tracing
 
 log = logging.getLogger("thrifty.serving")
 
@@ -43,6 +44,7 @@ class Services:
     budgets: Budgets | None = None
     client_keys: dict[str, str] = field(repr=False, default_factory=dict)  # key -> client name
     secrets: list[str] = field(repr=False, default_factory=list)  # upstream keys, scrubbed from messages
+    tracing: Tracing = field(default_factory=Tracing)  # OpenTelemetry spans (no-op unless a tracer provider is in force)
 
     def warm_up(self) -> None:
         """Load now what the first request would otherwise wait for.
@@ -73,6 +75,7 @@ class Services:
             await self.watcher.stop()
         await self.pool.aclose()
         self.store.close()
+        self.tracing.shutdown()
 
 
 def _pool(config: ServingConfig) -> ProviderPool:
@@ -95,6 +98,7 @@ def build_services(
     store: OutcomeStore | None = None,
     catalog: Catalog | None = None,
     profiles: dict[str, Profile] | None = None,
+    tracer_provider=None,
 ) -> Services:
     catalog = catalog or load_catalog(config.resolved_catalog, include_default=config.include_default_catalog)
     profiles = profiles if profiles is not None else load_profiles(config.resolved_profiles_dir)
@@ -164,4 +168,5 @@ def build_services(
         metrics=metrics,
         client_keys=config.client_keys(),
         secrets=secrets,
+        tracing=Tracing.from_config(config.otel_endpoint, provider=tracer_provider),
     )
