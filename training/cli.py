@@ -14,6 +14,7 @@ from pathlib import Path
 
 import click
 
+from models.jsonout import json_result
 from models.settings import get_settings
 from router.predictors import get_predictor, predictor_names
 from training.progress import say
@@ -180,6 +181,7 @@ def _quiet_git() -> None:
     "--dask", "dask_address", default=None, metavar="ADDRESS",
     help="read, featurise and fit on a Dask cluster: a scheduler (tcp://host:8786), 'local' or 'local:N' for a LocalCluster of N workers (needs thrifty[dask]; lightgbm only)",
 )
+@json_result
 def train(logs, prices, catalogs, predictor, test_size, seed, experiment, name, no_register, dask_address):
     """Learn the cheapest model that still succeeds from outcome logs; register it as champion."""
     from contextlib import nullcontext
@@ -210,6 +212,29 @@ def train(logs, prices, catalogs, predictor, test_size, seed, experiment, name, 
     except (LogError, ValueError, DaskError) as exc:
         raise click.ClickException(str(exc)) from None
     _print_training(result, name or settings.registry_name)
+    return _training_json(result, name or settings.registry_name)
+
+
+def _training_json(result, name: str) -> dict:
+    """``thrifty train --json``: the held-out metrics per model, their means, the served policy, the registration."""
+    prices = result.router.prices_
+    return {
+        "command": "train",
+        "n_rows": result.n_rows,
+        "n_train": result.n_train,
+        "n_test": result.n_test,
+        "models": {
+            model: {**m, "input_usd_per_mtok": prices[model].input_usd_per_mtok,
+                    "output_usd_per_mtok": prices[model].output_usd_per_mtok}
+            for model, m in result.metrics.items()
+        },
+        "summary": result.summary(),
+        "served_policy": {"policy": result.selection.get("policy"), "knob": result.selection.get("knob")},
+        "registered": None if not result.version else {
+            "name": name, "version": str(result.version), "uri": f"models:/{name}/{result.version}",
+            "alias": "champion", "run_id": result.run_id,
+        },
+    }
 
 
 def _print_training(result, name: str) -> None:
@@ -298,6 +323,7 @@ def retrain(logs, store, benchmark_logs, prices, catalogs, predictor, propensity
 @click.option("--usd-per-success", default=0.01, show_default=True, help="what one success is worth: net value = success - cost / this")
 @click.option("--estimator", type=click.Choice(["dr", "snips", "ips"]), default="dr", show_default=True, help="off-policy estimator for served (partial) logs")
 @experiment_option
+@json_result
 def promote(logs, prices, catalogs, name, margin, usd_per_success, estimator, experiment):
     """Replay champion and challenger on the same held-out logs; promote the challenger if it wins by the margin."""
     import json
@@ -343,6 +369,20 @@ def promote(logs, prices, catalogs, name, margin, usd_per_success, estimator, ex
     click.echo(f"challenger v{chall_v.version}: success {b.success:.4f}  cost ${b.cost:.6f}  value {b.value:.4f}  ({b.method})")
     verdict = "promoted: challenger is now champion" if decision.promote else f"kept champion (challenger must win by more than {margin})"
     click.echo(verdict)
+    return {
+        "command": "promote",
+        "name": reg,
+        "promoted": bool(decision.promote),
+        "margin": margin,
+        "usd_per_success": usd_per_success,
+        "champion": {"version": str(champ_v.version), **_value_json(a)},
+        "challenger": {"version": str(chall_v.version), **_value_json(b)},
+        "champion_version_now": str(chall_v.version if decision.promote else champ_v.version),
+    }
+
+
+def _value_json(value) -> dict:
+    return {"success": value.success, "cost": value.cost, "value": value.value, "method": value.method}
 
 
 # -------------------------------------------------------------------------- replay
@@ -355,6 +395,7 @@ def promote(logs, prices, catalogs, name, margin, usd_per_success, estimator, ex
 @click.option("--knobs", "n_knobs", default=256, show_default=True, help="knob settings per policy sweep (before duplicates are dropped)")
 @click.option("--folds", default=3, show_default=True, help="folds of the training split on which each router's default knob is chosen")
 @_options(experiment_option, no_mlflow_option)
+@json_result
 def replay(logs, prices, catalogs, router_uri, test_size, seed, task_holdout, out_dir, predictors, n_knobs, folds, experiment, no_mlflow):
     """Replay routers and baselines on held-out logged prompts: cost–quality curves, AIQ, gap closed, APGR."""
     from training.replay import format_table, log_to_mlflow, run_replay, write_outputs
@@ -382,11 +423,22 @@ def replay(logs, prices, catalogs, router_uri, test_size, seed, task_holdout, ou
     paths = write_outputs(result, out_dir, title)
     click.echo(format_table(result))
     click.echo(f"\nwrote {', '.join(str(p) for p in paths.values())}")
+    run_id = None
     if not no_mlflow:
         settings = get_settings()
         params = {"logs": ",".join(logs), "router": router_uri or "trained", "predictors": ",".join(predictors)}
         run_id = log_to_mlflow(result, paths, experiment or settings.experiment, params)
         click.echo(f"logged to MLflow run {run_id}")
+    return {
+        "command": "replay",
+        "title": title,
+        "n_test_prompts": len(result.evalset.texts),
+        "models": result.single_models,
+        "best_learned": result.best_learned(),
+        "metrics": result.metrics,
+        "files": {key: str(path) for key, path in paths.items()},
+        "mlflow_run_id": run_id,
+    }
 
 
 # -------------------------------------------------------------------------- tune
@@ -404,6 +456,7 @@ def replay(logs, prices, catalogs, router_uri, test_size, seed, task_holdout, ou
 @predictor_option("ensemble")
 @click.option("--z", "z", type=float, default=1.0, show_default=True, help="standard errors by which the chosen setting must meet the target on the validation split")
 @_options(experiment_option, no_mlflow_option)
+@json_result
 def tune(logs, prices, catalogs, router_uri, test_size, seed, task_holdout, name, target_quality, relative, max_cost, budget, requests, policy, predictor, z, experiment, no_mlflow):
     """Choose the knob that meets a quality or cost target on a validation split; save it as a named profile."""
     from router.profiles import ProfileError
@@ -447,6 +500,7 @@ def tune(logs, prices, catalogs, router_uri, test_size, seed, task_holdout, name
         f"(best single model {t['best_single']:.3f}) -> target {'met' if t['target_met'] else 'MISSED'} on the test split"
     )
     click.echo(f"saved profile {p.name!r} to {result.path} (router: {p.router_uri})")
+    run_id = None
     if not no_mlflow:
         import mlflow
 
@@ -456,7 +510,17 @@ def tune(logs, prices, catalogs, router_uri, test_size, seed, task_holdout, name
             mlflow.log_params({"logs": ",".join(logs)[:500], "profile": name, "policy": p.policy, "knob": p.knob, "target": result.target.describe(v["best_single"])[:500], "router": str(p.router_uri)[:500]})
             mlflow.log_metrics({"validation/quality": v["quality"], "validation/cost": v["cost"], "test/quality": t["quality"], "test/cost": t["cost"], "test/target_met": float(t["target_met"])})
             mlflow.log_artifact(str(result.path))
-        click.echo(f"logged to MLflow run {run.info.run_id}")
+        run_id = run.info.run_id
+        click.echo(f"logged to MLflow run {run_id}")
+    return {
+        "command": "tune",
+        "profile": {"name": p.name, "policy": p.policy, "knob": p.knob, "router_uri": p.router_uri,
+                    "allowed": p.allowed, "path": result.path},
+        "target": result.target.describe(v["best_single"]),
+        "validation": {"n_prompts": result.n_validation, **v},
+        "test": {"n_prompts": result.n_test, **t},
+        "mlflow_run_id": run_id,
+    }
 
 
 # -------------------------------------------------------------------------- data
