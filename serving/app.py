@@ -11,6 +11,7 @@ Endpoints::
     GET  /v1/models             router profiles and catalog models
     POST /v1/route              the decision only, no upstream call
     POST /v1/feedback           attach an outcome to a past decision
+    GET  /dashboard             the savings report, for a browser (serving.dashboard)
     GET  /healthz               liveness and what is loaded
     GET  /metrics               Prometheus metrics (no auth)
 """
@@ -32,7 +33,7 @@ from models.catalog import Catalog
 from models.providers import ProviderPool
 from router.profiles import Profile
 from router.router import Router
-from serving import completion
+from serving import completion, dashboard
 from serving.auth import authenticate
 from serving.config import ServingConfig, get_config
 from serving.errors import InvalidRequest, NotFound, install_error_handlers
@@ -189,6 +190,7 @@ def create_app(
         return await completion.handle_completion(services, request, client, "anthropic", body, parsed.thrifty)
 
     app.include_router(chat)
+    app.include_router(dashboard.router(get_services))
 
     @app.get("/v1/models")
     async def list_models(request: Request, services: ServicesDep, client: ClientDep):

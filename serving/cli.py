@@ -1,4 +1,4 @@
-"""``thrifty serve`` and ``thrifty logs export``."""
+"""``thrifty serve``, ``thrifty logs export`` and ``thrifty report``."""
 
 from __future__ import annotations
 
@@ -91,3 +91,53 @@ def export(out, config_path, store_path, include_unlabeled):
     click.echo(f"wrote {len(frame)} outcome rows to {out}")
     return {"command": "logs export", "out": str(Path(out).resolve()), "rows": len(frame),
             "labeled": int(frame["success"].notna().sum()), "include_unlabeled": include_unlabeled}
+
+
+@click.command("report")
+@click.option("--html", "html_path", required=True, type=click.Path(dir_okay=False), help="the HTML file to write")
+@click.option("--logs", "logs_path", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="served outcomes written by `thrifty logs export --include-unlabeled` (.parquet, .jsonl or .csv)")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="serve config whose catalog prices the baseline")
+@click.option("--catalog", "catalogs", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="catalog file(s) on top of the shipped catalog (repeatable)")
+@click.option("--since", default=None, help="start of the period (date, ISO time or epoch seconds; default: the first request)")
+@click.option("--until", default=None, help="end of the period (default: after the last request)")
+@click.option("--baseline", default=None, help="the model to compare with (default: the model the router predicts best)")
+@json_result
+def report(html_path, logs_path, config_path, catalogs, since, until, baseline):
+    """The savings report of an exported log, as one HTML file (the page /dashboard shows)."""
+    import pandas as pd
+
+    from models.catalog import CatalogError, load_catalog
+    from serving import report as savings
+    from serving.dashboard import PeriodError, parse_time
+
+    try:
+        if config_path:
+            config = _config(config_path)
+            catalog = load_catalog([*config.resolved_catalog, *catalogs], include_default=config.include_default_catalog)
+        else:
+            catalog = load_catalog(list(catalogs))
+        suffix = Path(logs_path).suffix.lower()
+        if suffix == ".parquet":
+            frame = pd.read_parquet(logs_path)
+        elif suffix == ".jsonl":
+            frame = pd.read_json(logs_path, lines=True)
+        elif suffix == ".csv":
+            frame = pd.read_csv(logs_path)
+        else:
+            raise savings.ReportError(f"{logs_path}: unsupported format {suffix!r}; use .parquet, .jsonl or .csv")
+        built = savings.build(frame, catalog.prices(), since=parse_time(since, "--since") if since else None,
+                              until=parse_time(until, "--until") if until else None, baseline=baseline, where=logs_path)
+    except (savings.ReportError, PeriodError, CatalogError) as exc:
+        raise click.ClickException(str(exc)) from None
+    except (OSError, ValueError) as exc:
+        raise click.ClickException(f"cannot read {logs_path}: {exc}") from None
+    page = savings.render(built, source=f"from {Path(logs_path).name}")
+    try:
+        Path(html_path).write_text(page, encoding="utf-8")
+    except OSError as exc:
+        raise click.ClickException(f"cannot write {html_path}: {exc.strerror or exc}") from None
+    click.echo(f"wrote {html_path}: {built.requests} requests, spend {savings.usd(built.spend)} vs "
+               f"{savings.usd(built.counterfactual)} all on {built.baseline}")
+    return {"command": "report", "html": str(Path(html_path).resolve()), **built.to_dict()}

@@ -91,6 +91,9 @@ class ServingConfig(BaseSettings):
     default_profile: str = "thrifty"
 
     api_keys: dict[str, SecretStr] = Field(default_factory=dict, description="client name -> router API key")
+    admin_keys: list[str] = Field(
+        default_factory=list, description="client names (of api_keys) that may view /dashboard; empty: every client"
+    )
     upstreams: dict[str, UpstreamConfig] = Field(default_factory=dict, description="openai / anthropic / openai-compatible")
 
     store_path: Path | None = Field(default=None, description="default: <home>/outcomes.db")
@@ -170,6 +173,9 @@ class ServingConfig(BaseSettings):
         unknown = sorted(set(self.budgets) - known)
         if unknown:
             raise ValueError(f"budgets name unknown client(s) {unknown}: use names of api_keys or '*'")
+        unknown = sorted(set(self.admin_keys) - set(self.api_keys))
+        if unknown:
+            raise ValueError(f"admin_keys name unknown client(s) {unknown}: use names of api_keys")
         return self
 
     @classmethod

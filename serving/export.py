@@ -6,7 +6,10 @@ One row per answered request that has feedback (the latest feedback counts):
 decision id, ``model`` = the model that answered, ``success`` from feedback,
 tokens and cost from the upstream's usage (``cost_source="observed"``), and the
 optional columns ``decision_id``, ``propensity``, ``router_version`` and
-``feedback_source``. ``include_unlabeled=True`` adds answered requests without
+``feedback_source``, and what the savings report needs (:mod:`serving.report`):
+``ts``, ``chosen_model``, ``attempts``, ``failover``, ``candidates`` (and
+``decision_latency_s`` / ``novelty`` where the store records them).
+``include_unlabeled=True`` adds answered requests without
 feedback (``success`` NaN). Decisions only routed (``/v1/route``) or failed are
 never exported: no model answered them.
 """
@@ -20,15 +23,46 @@ from pathlib import Path
 import pandas as pd
 
 from models.outcomes import OPTIONAL_COLUMNS, OUTCOME_COLUMNS
-from serving.store import read_joined
+from serving.store import connect, read_joined
 
 DATASET = "served"
 FORMATS = (".parquet", ".jsonl", ".csv")
-EXPORTED_OPTIONAL = ("propensity", "decision_id", "router_version", "feedback_source")
+EXPORTED_OPTIONAL = ("propensity", "decision_id", "router_version", "feedback_source", "ts", "chosen_model", "attempts",
+                     "failover", "decision_latency_s", "novelty", "candidates")
+
+
+def attempt_summary(store_path: str | Path) -> dict[str, tuple[int, str | None]]:
+    """Decision id -> (upstream calls made, the first model called)."""
+    conn = connect(Path(store_path).expanduser())
+    try:
+        rows = conn.execute("SELECT decision_id, model, status FROM attempts ORDER BY decision_id, n").fetchall()
+    finally:
+        conn.close()
+    out: dict[str, tuple[int, str | None]] = {}
+    for decision_id, model, status in rows:
+        calls, first = out.get(decision_id, (0, None))
+        if status != "skipped":
+            calls, first = calls + 1, first or model
+        out[decision_id] = (calls, first)
+    return out
+
+
+def _served_columns(row: dict, attempts: dict[str, tuple[int, str | None]]) -> dict:
+    calls, first = attempts.get(row["decision_id"], (0, None))
+    return {
+        "ts": row["ts"],
+        "chosen_model": row["chosen_model"],
+        "attempts": float(calls) if calls else None,
+        "failover": None if first is None else float(first != row["answered_model"]),
+        "decision_latency_s": row.get("decision_latency_s"),
+        "novelty": row.get("novelty"),
+        "candidates": row["candidates"],
+    }
 
 
 def outcome_frame(store_path: str | Path, *, include_unlabeled: bool = False) -> pd.DataFrame:
     rows = read_joined(store_path, include_unlabeled=include_unlabeled)
+    attempts = attempt_summary(store_path)
     records = [
         {
             "dataset": DATASET,
@@ -49,6 +83,7 @@ def outcome_frame(store_path: str | Path, *, include_unlabeled: bool = False) ->
             "decision_id": r["decision_id"],
             "router_version": r["router_version"],
             "feedback_source": r["fb_source"],
+            **_served_columns(r, attempts),
         }
         for r in rows
     ]

@@ -70,6 +70,13 @@ class Services:
         except Exception:  # noqa: BLE001 - warming up must never keep the server from starting
             log.warning("warm-up failed; the first requests will load what is missing", exc_info=True)
 
+    def report_frame(self, since: float, until: float):
+        """The store's answered requests with ``since <= ts < until``, as :mod:`serving.report` reads them."""
+        from serving.export import outcome_frame
+
+        frame = outcome_frame(self.store.path, include_unlabeled=True)
+        return frame[(frame["ts"] >= since) & (frame["ts"] < until)]
+
     async def aclose(self) -> None:
         if self.watcher is not None:
             await self.watcher.stop()

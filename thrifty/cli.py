@@ -22,6 +22,7 @@ COMMANDS = {
     "data": "training.cli:data",
     "serve": "serving.cli:serve",
     "logs": "serving.cli:logs",
+    "report": "serving.cli:report",
 }
 
 
