@@ -17,6 +17,7 @@ batch processor whose exporter drops the spans.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import threading
@@ -122,15 +123,32 @@ def micro(n: int = 20000) -> dict:
 
     provider = TracerProvider()
     provider.add_span_processor(BatchSpanProcessor(Drop()))
-    out = {}
-    for label, tracing in (("off", Tracing()), ("on", Tracing(provider))):
-        for _ in range(1000):
-            one(tracing)
-        t0 = time.perf_counter()
-        for _ in range(n):
-            one(tracing)
-        out[label] = (time.perf_counter() - t0) / n * 1e6
+    tracings = {"off": Tracing(), "on": Tracing(provider)}
+    best: dict[str, float] = {}
+    for _ in range(5):  # alternating rounds, the best of each: other load on the machine hits both alike
+        for label, tracing in tracings.items():
+            for _ in range(200):
+                one(tracing)
+            t0 = time.perf_counter()
+            for _ in range(n // 5):
+                one(tracing)
+            best[label] = min(best.get(label, math.inf), (time.perf_counter() - t0) / (n // 5) * 1e6)
     provider.shutdown()
+
+    def bookkeeping_only() -> None:  # the same records built, no hook called: what "off" is compared with
+        now = time.time()
+        record = DecisionRecord("dec", now, "/v1/chat/completions", "thrifty", [], models[0], 1.0, "ok", client="app")
+        for k, spec in enumerate(specs):
+            record.attempts.append(AttemptRecord(spec.id, now, 0.02, "error" if k == 0 else "ok", "server" if k == 0 else None,
+                                                 503 if k == 0 else None, 100, 50, 1e-4))
+
+    base = math.inf
+    for _ in range(5):
+        t0 = time.perf_counter()
+        for _ in range(n // 5):
+            bookkeeping_only()
+        base = min(base, (time.perf_counter() - t0) / (n // 5) * 1e6)
+    out = {"off": best["off"] - base, "on": best["on"] - base, "records_only": base}
     return {"requests": n, "us_per_request": out}
 
 

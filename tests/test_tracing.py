@@ -395,3 +395,35 @@ def test_thrifty_serve_under_opentelemetry_instrument_nests_its_spans_in_the_htt
     _server_span(spans, root)
     assert sorted(s.name for s in rest) == ["chat gpt-fake-mini", "route thrifty", "thrifty.store.commit"]
     assert "tracing: spans exported" not in log  # the wrapper's provider is used, not a second one
+
+
+def test_a_cascade_stage_span_parents_the_attempts_made_inside_it():
+    """The helper the serving cascades use: ``with trace.stage(k, model) as stage: ...; stage.set(accepted=...)``."""
+    from models.catalog import ModelSpec
+    from serving.store import AttemptRecord, DecisionRecord
+    from serving.tracing import Tracing
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    trace = Tracing(provider).request("thrifty", "/v1/chat/completions", False)
+    spec = ModelSpec(id="small", provider="openai", upstream="gpt-small", input_usd_per_mtok=0.1, output_usd_per_mtok=0.4)
+    record = DecisionRecord("dec_1", time.time(), "/v1/chat/completions", "thrifty", [], "small", 1.0, "ok")
+    for k, accepted in enumerate((False, True)):
+        with trace.stage(k, spec.id, test="agree") as stage:
+            attempt = AttemptRecord(spec.id, time.time(), 0.01, "ok", input_tokens=3, output_tokens=2, cost_usd=1e-6)
+            record.attempts.append(attempt)
+            with trace.attempt(attempt, spec):
+                pass
+            trace.end_attempt(attempt)
+            stage.set(accepted=accepted)
+    trace.finish(record)
+    spans = {s.name: s for s in exporter.get_finished_spans() if s.name != "thrifty.cascade.stage"}
+    stages = sorted((s for s in exporter.get_finished_spans() if s.name == "thrifty.cascade.stage"),
+                    key=lambda s: s.attributes["thrifty.cascade.stage"])
+    calls = sorted((s for s in exporter.get_finished_spans() if s.kind == SpanKind.CLIENT), key=lambda s: s.start_time)
+    root = spans["chat thrifty"]
+    assert [s.attributes["thrifty.cascade.accepted"] for s in stages] == [False, True]
+    assert all(s.parent.span_id == root.context.span_id and s.attributes["thrifty.cascade.test"] == "agree" for s in stages)
+    assert [c.parent.span_id for c in calls] == [s.context.span_id for s in stages]
+    assert root.attributes["thrifty.attempts"] == 2
