@@ -13,13 +13,11 @@ champion hot-swapped mid-request never mixes two routers.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import random
 import threading
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 from models.catalog import Catalog
@@ -27,6 +25,7 @@ from models.tokens import count_tokens
 from router.decision import Candidate, Decision
 from router.explore import explore
 from router.profiles import Profile
+from router.registry import LoadedRouter, load_router_uri, router_version  # noqa: F401  (serving imports them from here)
 from router.router import Router, RoutingError, Scores
 from serving.errors import InvalidRequest, UnknownModel
 
@@ -59,51 +58,6 @@ class Constraints:
             allowed_models=allowed,
             task=other.task or self.task,
         )
-
-
-@dataclass(frozen=True)
-class LoadedRouter:
-    router: Router
-    uri: str
-    version: str
-
-
-def router_version(uri: str) -> str:
-    """A stable name for the router behind ``uri``: registry name/version, or file name and content hash."""
-    if uri.startswith("models:/"):
-        try:
-            from mlflow import MlflowClient
-
-            name, _, ref = uri[len("models:/"):].partition("@")
-            if ref:
-                return f"{name}/{MlflowClient().get_model_version_by_alias(name, ref).version}"
-        except Exception:  # the version is informative only
-            pass
-        return uri
-    path = Path(uri)
-    if path.is_file():
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
-        return f"{path.name}@{digest}"
-    return uri
-
-
-def load_router_uri(uri: str) -> LoadedRouter:
-    """Load a router from a registry URI or a ``.joblib`` file.
-
-    Registry URIs resolve against thrifty's MLflow store (the embedded SQLite
-    store under ``THRIFTY_HOME``, or ``MLFLOW_TRACKING_URI``), as training writes it.
-    """
-    from router.persist import load_router
-
-    if not uri.endswith(".joblib"):
-        import mlflow
-
-        from models.settings import get_settings
-
-        tracking = get_settings().resolved_tracking_uri
-        mlflow.set_tracking_uri(tracking)
-        mlflow.set_registry_uri(tracking)
-    return LoadedRouter(load_router(uri), uri, router_version(uri))
 
 
 class RouterHolder:
