@@ -36,19 +36,17 @@ def load_router_file(path: str | Path) -> Router:
 
 class RouterModel(mlflow.pyfunc.PythonModel):
     """MLflow pyfunc wrapper: ``predict`` takes a frame with a ``prompt`` column
-    and returns each prompt's chosen model, predicted success and expected cost
-    under the router's default policy and training-time prices."""
+    and params (policy or profile, knob, allowed models, bounds, prices) and
+    returns each prompt's chosen model and every candidate's predicted success
+    and expected cost; see :mod:`router.mlflow_model`."""
 
     def load_context(self, context):
         self.router = load_router_file(context.artifacts[ROUTER_ARTIFACT])
 
-    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
-        prompts = list(pd.DataFrame(model_input)["prompt"].astype(str))
-        rows = []
-        for text in prompts:
-            d = self.router.route(text, self.router.prices_)
-            rows.append({"model": d.model, "p_success": d.chosen.p_success, "expected_cost": d.chosen.expected_cost})
-        return pd.DataFrame(rows)
+    def predict(self, context, model_input, params=None) -> pd.DataFrame:
+        from router.mlflow_model import predict_frame
+
+        return predict_frame(self.router, model_input, params)
 
 
 def load_router(uri: str) -> Router:
