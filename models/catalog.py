@@ -11,6 +11,11 @@ Sources, later ones overriding earlier ones by model id:
    only the fields it changes;
 3. a prices CSV in the schema of ``shared/data/prices.csv``
    (``model, provider, input_usd_per_mtok, output_usd_per_mtok, note``).
+
+The shipped entries' prices can come from a maintained price source
+(``THRIFTY_PRICE_SOURCE=genai-prices`` or ``litellm``; see
+``models/price_sources.py``) instead of the hand-kept values; files given by
+the user still override them.
 """
 
 from __future__ import annotations
@@ -250,11 +255,31 @@ def default_catalog() -> Catalog:
     return Catalog().merged(yaml.safe_load(text)["models"], "models/catalog.yaml")
 
 
+FROM_SETTINGS = "from-settings"
+
+
 def load_catalog(
-    paths: Iterable[str | Path] = (), *, include_default: bool = True
+    paths: Iterable[str | Path] = (), *, include_default: bool = True, price_source: str | None = FROM_SETTINGS
 ) -> Catalog:
-    """The shipped catalog, extended and overridden by ``paths`` in order."""
+    """The shipped catalog, extended and overridden by ``paths`` in order.
+
+    With a ``price_source`` (a name from :mod:`models.price_sources`; by
+    default the ``THRIFTY_PRICE_SOURCE`` setting, off unless set), the shipped
+    entries take that source's prices where it knows the model; the files in
+    ``paths`` still override them.
+    """
     catalog = default_catalog() if include_default else Catalog()
+    if price_source == FROM_SETTINGS:
+        from models.settings import get_settings
+
+        price_source = get_settings().price_source
+    if price_source and include_default:
+        from models.price_sources import PriceSourceUnavailable, UnknownPriceSourceError, get_price_source, with_source_prices
+
+        try:
+            catalog, _ = with_source_prices(catalog, get_price_source(price_source))
+        except (UnknownPriceSourceError, PriceSourceUnavailable) as exc:
+            raise CatalogError(f"price source (THRIFTY_PRICE_SOURCE): {exc}") from None
     for path in paths:
         catalog = catalog.with_file(path)
     return catalog

@@ -30,6 +30,10 @@ class Settings(BaseSettings):
     experiment: str = "thrifty"
     catalog: list[Path] = Field(default_factory=list, description="user catalog files, applied in order")
     threads: int | None = Field(default=None, ge=1, description="threads of training's learners (LightGBM); default: the cores this process may run on")
+    price_source: str | None = Field(
+        default=None,
+        description="prices of the shipped catalog from a maintained source: genai-prices or litellm (default: the hand-kept prices)",
+    )
 
     @property
     def home_dir(self) -> Path:

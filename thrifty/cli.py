@@ -22,6 +22,7 @@ COMMANDS = {
     "data": "training.cli:data",
     "serve": "serving.cli:serve",
     "logs": "serving.cli:logs",
+    "models": "models.cli:models",
 }
 
 
