@@ -19,6 +19,7 @@ import pytest  # noqa: E402
 from litellm import Router  # noqa: E402
 
 from router.explore import explore  # noqa: E402
+from router.policy import Tradeoff  # noqa: E402
 from router.persist import load_router_file  # noqa: E402
 from router.prompt import routing_text  # noqa: E402
 from tests.registry_fixtures import registered_champion  # noqa: E402
@@ -289,7 +290,14 @@ def test_request_bounds_and_bad_metadata(fake, fake_server, champion, callbacks,
     with pytest.raises(LiteLLMPluginError, match="explore_epsilon"):
         ThriftyRoutingPlugin(explore_epsilon=1.5)
     with pytest.raises(ValueError, match="unknown policy"):
-        ThriftyRoutingPlugin(policy="cheapest")
+        ThriftyRoutingPlugin(policy="cheapest", knob=0.5)
+    with pytest.raises(LiteLLMPluginError, match="policy and knob together"):
+        ThriftyRoutingPlugin(policy="tradeoff")
+    # a policy given to the plug-in replaces the router's own
+    tradeoff = Client(loop, fake_server, ThriftyRoutingPlugin(policy="tradeoff", knob=0.0, reload_interval_s=0))
+    best = champion.route(EASY, champion.prices_, Tradeoff(0.0), allowed=MODELS)
+    decision = tradeoff.decision(EASY)
+    assert (decision["model"], decision["policy"], decision["knob"]) == (best.model, "tradeoff", 0.0)
 
 
 def _readme_block(marker: str) -> str:

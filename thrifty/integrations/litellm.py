@@ -106,7 +106,7 @@ class ThriftyRoutingPlugin:
     ----------
     router_uri: the router to use (``models:/NAME@ALIAS`` is polled for promotions).
     profile: a routing profile saved by ``thrifty tune`` (policy, knob, allowed models);
-        or ``policy`` and ``knob``; default: the router's own policy.
+        or ``policy`` and ``knob`` together; default: the router's own policy.
     models: ``{litellm_params.model: thrifty model id}``, for deployments whose names differ.
     prices: prices (USD per 1M tokens) overriding the router's training-time prices.
     min_quality, max_cost: defaults for every request (a request's ``metadata.thrifty`` may set its own).
@@ -136,8 +136,10 @@ class ThriftyRoutingPlugin:
         check_litellm_release()
         if profile and (policy or knob is not None):
             raise LiteLLMPluginError("give either profile or policy/knob, not both")
+        if (policy is None) != (knob is None):
+            raise LiteLLMPluginError("give policy and knob together (or neither, for the router's own policy)")
         if policy is not None:
-            make_policy(policy, 0.5 if knob is None else knob)  # an unknown name fails here, not per request
+            make_policy(policy, knob)  # an unknown name fails here, not per request
         if not 0 <= explore_epsilon <= 1:
             raise LiteLLMPluginError(f"explore_epsilon must be in [0, 1], got {explore_epsilon}")
         if reload_interval_s < 0:
@@ -242,8 +244,7 @@ class ThriftyRoutingPlugin:
                 self._profile = profiles[self.profile]
             return self._profile.make_policy(), set(self._profile.allowed) if self._profile.allowed else None
         if self.policy is not None:
-            knob = self.knob if self.knob is not None else self._watch.loaded.router.policy_.knob
-            return make_policy(self.policy, knob), None
+            return make_policy(self.policy, self.knob), None
         return None, None
 
     def _prices(self, loaded: LoadedRouter) -> PriceTable:
