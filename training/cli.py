@@ -297,6 +297,10 @@ def promote(logs, prices, catalogs, name, margin, usd_per_success, estimator, ex
     settings = get_settings()
     reg = name or settings.registry_name
     catalog = _catalog(prices, catalogs)
+    store = settings.embedded_store
+    if store is not None and not store.is_file():  # looking must not leave an empty store behind
+        raise click.ClickException(f"registered model {reg!r} needs a champion and a challenger: nothing is registered yet "
+                                   f"(no MLflow store at {store})")
     tracking.configure(settings)
     client = MlflowClient()
     try:
