@@ -71,7 +71,9 @@ class ModelSpec:
 
     @property
     def price(self) -> Price:
-        return Price(self.input_usd_per_mtok, self.output_usd_per_mtok)
+        # an OpenAI-compatible server says nothing about whose model it serves
+        vendor = self.vendor or (None if self.provider == "openai-compatible" else self.provider)
+        return Price(self.input_usd_per_mtok, self.output_usd_per_mtok, vendor=vendor)
 
     def cost(self, input_tokens: float, output_tokens: float) -> float:
         """USD cost of a call with this usage."""
