@@ -17,6 +17,23 @@ def _config(path: str | None, **overrides):
         raise click.ClickException(str(exc)) from None
 
 
+def _preflight(config):
+    """The catalog and router, checked before uvicorn starts: a server that cannot route says why in one line."""
+    from models.catalog import CatalogError
+    from models.registry import RouterNotFoundError
+    from serving.services import preflight
+    from serving.startup import StartupError
+
+    try:
+        return preflight(config)
+    except RouterNotFoundError as exc:
+        raise click.ClickException(
+            f"{exc}; or set `passthrough_only: true` in the config to serve catalog models by id only"
+        ) from None
+    except (StartupError, CatalogError, ConfigError) as exc:
+        raise click.ClickException(str(exc)) from None
+
+
 @click.command()
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="YAML config (default: $THRIFTY_SERVE_CONFIG)")
 @click.option("--host", default=None, help="address to bind (default 127.0.0.1)")
@@ -30,6 +47,7 @@ def serve(config_path, host, port, workers, log_level, access_log):
     import uvicorn
 
     config = _config(config_path, host=host, port=port, workers=workers, access_log=access_log)
+    catalog, loaded = _preflight(config)
     if config.workers > 1:
         # Worker processes each build their own app from the environment.
         if config_path:
@@ -47,8 +65,8 @@ def serve(config_path, host, port, workers, log_level, access_log):
 
     # SIGTERM/SIGINT: stop accepting, let requests in flight finish (their records are written), then exit
     uvicorn.run(
-        create_app(config), host=config.host, port=config.port, log_level=log_level, access_log=config.access_log,
-        timeout_graceful_shutdown=config.graceful_shutdown_s,
+        create_app(config, router=loaded, catalog=catalog), host=config.host, port=config.port, log_level=log_level,
+        access_log=config.access_log, timeout_graceful_shutdown=config.graceful_shutdown_s,
     )
 
 

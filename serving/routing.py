@@ -20,7 +20,7 @@ import random
 import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Collection, Mapping, Sequence
 
 from models.catalog import Catalog
 from models.tokens import count_tokens
@@ -28,7 +28,7 @@ from router.decision import Candidate, Decision
 from router.explore import explore
 from router.profiles import Profile
 from router.router import Router, RoutingError, Scores
-from serving.errors import InvalidRequest, UnknownModel
+from serving.errors import InvalidRequest, UnknownModel, UpstreamOverloaded
 
 log = logging.getLogger("thrifty.serving")
 
@@ -63,9 +63,13 @@ class Constraints:
 
 @dataclass(frozen=True)
 class LoadedRouter:
-    router: Router
+    router: Router | None  # None: no router is loaded (``passthrough_only``)
     uri: str
     version: str
+
+
+# What a server with ``passthrough_only: true`` holds instead of a router.
+NO_ROUTER = LoadedRouter(None, "", "none (passthrough_only)")
 
 
 def router_version(uri: str) -> str:
@@ -95,14 +99,6 @@ def load_router_uri(uri: str) -> LoadedRouter:
     """
     from router.persist import load_router
 
-    if not uri.endswith(".joblib"):
-        import mlflow
-
-        from models.settings import get_settings
-
-        tracking = get_settings().resolved_tracking_uri
-        mlflow.set_tracking_uri(tracking)
-        mlflow.set_registry_uri(tracking)
     return LoadedRouter(load_router(uri), uri, router_version(uri))
 
 
@@ -126,7 +122,8 @@ class RouterHolder:
 
     @property
     def uris(self) -> list[str]:
-        return list(self._routers)
+        """The URIs of the loaded routers (none in passthrough-only mode)."""
+        return [uri for uri, loaded in self._routers.items() if loaded.router is not None]
 
 
 class Routing:
@@ -142,8 +139,11 @@ class Routing:
         tokens: Callable[[str], int] = count_tokens,
         explore_epsilon: float = 0.0,
         rng: random.Random | None = None,
+        unreachable: Collection[str] = (),
     ):
+        """``unreachable``: catalog models without a usable upstream (``serving.startup``), never chosen by routing."""
         self.holder = holder
+        self.unreachable = frozenset(unreachable)
         self.explore_epsilon = explore_epsilon
         self.rng = rng or random.Random()
         self.catalog = catalog
@@ -153,7 +153,9 @@ class Routing:
         self.tokens = tokens
         # Without a profile file of its name, the default profile decides with the router's own policy.
         self._router_policy = set()
-        if default_profile not in self.profiles:
+        if holder.get().router is None:  # passthrough only: nothing is routed
+            self.profiles = {}
+        elif default_profile not in self.profiles:
             self.profiles[default_profile] = Profile(name=default_profile)
             self._router_policy.add(default_profile)
         for name in self.profiles:
@@ -168,6 +170,12 @@ class Routing:
             return self._route(self.profiles[model], text, constraints)
         if model in self.catalog:
             return self._passthrough(model, text, constraints)
+        if not self.profiles and model == self.default_profile:
+            raise UnknownModel(
+                f"The model '{model}' is not served: routing is off (passthrough_only: true); "
+                "request a catalog model id (GET /v1/models)",
+                param="model",
+            )
         raise UnknownModel(
             f"The model '{model}' does not exist: use a router profile ({', '.join(sorted(self.profiles))}) "
             "or a catalog model id (GET /v1/models)",
@@ -231,7 +239,13 @@ class Routing:
         return replace(decision, extra={"profile": profile.name})
 
     def _allowed(self, router: Router, profile: Profile, constraints: Constraints) -> list[str] | None:
-        known = [m for m in router.models_ if m in self.catalog]
+        known = [m for m in router.models_ if m in self.catalog and m not in self.unreachable]
+        if not known:  # the server's configuration, not the request: say so, and not as a client error
+            raise UpstreamOverloaded(
+                f"none of the router's models can be reached: the catalog has no usable entry for any of "
+                f"{', '.join(router.models_)} (see the start-up log; `thrifty models init` writes the entries)",
+                code="no_routable_model",
+            )
         allowed = known
         for narrowing, where in ((profile.allowed, f"profile {profile.name!r}"), (constraints.allowed_models, "allowed_models")):
             if narrowing is None:
@@ -252,7 +266,7 @@ class Routing:
         loaded = self.holder.get()
         input_tokens = float(self.tokens(text))
         p, out_tokens = math.nan, 0.0
-        if model in loaded.router.models_:
+        if loaded.router is not None and model in loaded.router.models_:
             # Score the model anyway, so passthrough traffic is logged like routed traffic.
             scores = loaded.router.score([text], self.prices, [model])
             p, out_tokens = float(scores.p[0, 0]), float(scores.output_tokens[0, 0])
