@@ -82,7 +82,8 @@ class Background:
                                      stderr=subprocess.STDOUT, start_new_session=True)
 
     def output(self) -> str:
-        self._out.flush()
+        if not self._out.closed:
+            self._out.flush()
         return self.log.read_text(errors="replace")
 
     def wait_healthy(self, url: str, timeout: float = 600.0) -> None:
