@@ -1,7 +1,7 @@
 """The one command: every part of the benchmark, its JSON results, SUMMARY.md, and the README table.
 
     bench/run.sh                 # = bash bench/setup_peers.sh && .venv/bin/python -m bench.run_all
-    .venv/bin/python -m bench.run_all [--quick] [--parts decision,gateways,memory,train] [--skip-setup]
+    .venv/bin/python -m bench.run_all [--quick] [--parts decision,gateways,memory,train,replicas,dask] [--skip-setup]
     .venv/bin/python -m bench.run_all --summary-only    # rebuild SUMMARY.md and the README table from the JSON files
 
 Parts run one after another, each in its own process (so thread settings and
@@ -11,6 +11,10 @@ CPU pinning of one cannot leak into the next) with a time limit:
 2. ``gateways``  bench.gateways          → results/gateways.json
 3. ``memory``    bench.memory            → results/memory.json
 4. ``train``     bench.train_scale       → results/train_scale.json
+5. ``dask``      bench.train_dask        → results/train_dask.json (only when asked:
+   ``bench/run.sh --parts dask``; one process vs ``--dask local:2`` at 1M and 5M rows
+   takes about an hour on 2 cores)
+6. ``replicas``  bench.replicas          → results/replicas.json
 
 Then ``results/SUMMARY.md`` is written from the JSON files (machine, versions,
 date, every table), printed, and copied between the result markers of
@@ -34,7 +38,11 @@ PARTS = {  # name -> (module, results file, time limit full / quick in seconds)
     "gateways": ("bench.gateways", "gateways", 600, 240),
     "memory": ("bench.memory", "memory", 480, 150),
     "train": ("bench.train_scale", "train_scale", 900, 300),
+    # not in the default run (about an hour on 2 cores): bench/run.sh --parts dask
+    "dask": ("bench.train_dask", "train_dask", 7200, 900),
+    "replicas": ("bench.replicas", "replicas", 420, 240),
 }
+DEFAULT_PARTS = ("decision", "gateways", "memory", "train", "replicas")
 BUDGET_S = 20 * 60
 README = BENCH / "README.md"
 START, END = "<!-- results:start -->", "<!-- results:end -->"
@@ -54,7 +62,7 @@ def run_part(name: str, quick: bool) -> dict:
 
 
 def summary_markdown(runs: list[dict], machine: dict, quick: bool, total_s: float) -> str:
-    from bench import decision_latency, gateways, memory, train_scale
+    from bench import decision_latency, gateways, memory, replicas, train_dask, train_scale
 
     sections = []
     tables = {
@@ -62,9 +70,11 @@ def summary_markdown(runs: list[dict], machine: dict, quick: bool, total_s: floa
         "gateways": ("2. Gateway overhead (fake upstream, 20 ms)", gateways.table, "gateways"),
         "train": ("3. Training scale (`thrifty train`)", train_scale.table, "train_scale"),
         "memory": ("4. Memory stability (thrifty server, concurrency 50)", memory.table, "memory"),
+        "dask": ("5. Training on Dask (`thrifty train` vs `--dask local:2`)", train_dask.table, "train_dask"),
+        "replicas": ("6. Replicas on one PostgreSQL store vs one replica on SQLite", replicas.table, "replicas"),
     }
     ran = {r["part"]: r for r in runs}
-    for part in ("decision", "gateways", "train", "memory"):
+    for part in ("decision", "gateways", "train", "memory", "dask", "replicas"):
         title, fn, fname = tables[part]
         path = RESULTS / f"{fname}.json"
         run = ran.get(part)
@@ -86,7 +96,7 @@ def summary_markdown(runs: list[dict], machine: dict, quick: bool, total_s: floa
     timing = ", ".join(f"{r['part']} {r['elapsed_s']:.0f} s ({r['status']})" for r in runs)
     load = os.getloadavg()
     ran_parts = {r["part"] for r in runs} - {"setup"}
-    full = ran_parts >= set(PARTS)
+    full = ran_parts >= set(DEFAULT_PARTS)
     last_full = _read_json_file(RESULTS / "run_all_full.json")
     if full:
         budget = f"total {total_s / 60:.1f} min (budget {BUDGET_S // 60} min: {'within' if total_s <= BUDGET_S else 'OVER'})"
@@ -125,7 +135,7 @@ def update_readme(md: str) -> None:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="a short smoke run of every part (a few minutes)")
-    ap.add_argument("--parts", default="decision,gateways,memory,train")
+    ap.add_argument("--parts", default=",".join(DEFAULT_PARTS), help=f"comma-separated, of {list(PARTS)}")
     ap.add_argument("--skip-setup", action="store_true", help="do not run bench/setup_peers.sh")
     ap.add_argument("--no-readme", action="store_true", help="leave bench/README.md alone")
     ap.add_argument("--summary-only", action="store_true", help="rebuild SUMMARY.md (and the README) from the JSON files; run nothing")
@@ -153,7 +163,7 @@ def main(argv=None):
     machine = machine_info()
     record = {"quick": args.quick, "runs": runs, "total_s": total, "budget_s": BUDGET_S, "machine": machine}
     write_json("run_all", record)
-    if not args.quick and set(parts) >= set(PARTS) and all(r["status"] == "ok" for r in runs):
+    if not args.quick and set(parts) >= set(DEFAULT_PARTS) and all(r["status"] == "ok" for r in runs):
         write_json("run_all_full", record)  # the end-to-end time the README reports
     md = summary_markdown(runs, machine, args.quick, total)
     RESULTS.mkdir(parents=True, exist_ok=True)

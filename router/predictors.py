@@ -163,10 +163,9 @@ class LightGBMSuccess(_CalibratedSuccess):
         w = None if W is None else W[rows, cols]
         return data, Y[rows, cols], w
 
-    def _fit_raw(self, X, Y, W, X_cal=None, Y_cal=None):
-        import lightgbm as lgb
-
-        params = {
+    def _booster_params(self) -> dict:
+        """LightGBM parameters of the booster (a distributed fit trains with the same ones)."""
+        return {
             "objective": "cross_entropy",
             "learning_rate": self.learning_rate,
             "num_leaves": self.num_leaves,
@@ -180,6 +179,11 @@ class LightGBMSuccess(_CalibratedSuccess):
             "verbosity": -1,
             "max_cat_to_onehot": 64,
         }
+
+    def _fit_raw(self, X, Y, W, X_cal=None, Y_cal=None):
+        import lightgbm as lgb
+
+        params = self._booster_params()
         self.n_models_ = Y.shape[1]
         cat = [X.shape[1]]
         data, y, w = self._long(X, Y, W)
@@ -190,9 +194,14 @@ class LightGBMSuccess(_CalibratedSuccess):
             valid_sets = [lgb.Dataset(vdata, vy, categorical_feature=cat, reference=train)]
             callbacks = [lgb.early_stopping(self.early_stopping_rounds, verbose=False)]
         booster = lgb.train(params, train, num_boost_round=self.n_estimators, valid_sets=valid_sets, callbacks=callbacks)
-        self.best_iteration_ = booster.best_iteration or booster.current_iteration()
+        return self._keep_trees(booster, booster.best_iteration or booster.current_iteration())
+
+    def _keep_trees(self, booster, best_iteration: int) -> "LightGBMSuccess":
+        import lightgbm as lgb
+
+        self.best_iteration_ = best_iteration
         # Keep only the trees up to the best iteration: smaller model, faster predict.
-        self.booster_ = lgb.Booster(model_str=booster.model_to_string(num_iteration=self.best_iteration_))
+        self.booster_ = lgb.Booster(model_str=booster.model_to_string(num_iteration=best_iteration))
         return self
 
     def _raw(self, X):

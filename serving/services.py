@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from models.catalog import Catalog, load_catalog
 from models.providers import MissingUpstreamKey, ProviderPool, UpstreamSettings
+from models.store import OutcomeStore, open_store
 from router.profiles import Profile, load_profiles
 from router.router import Router
 from serving.batching import DecisionBatcher
@@ -23,8 +24,8 @@ from serving.metrics import Metrics
 from serving.reliability import Breakers
 from serving.reload import RegistryWatcher
 from serving.routing import NO_ROUTER, LoadedRouter, RouterHolder, Routing, load_router_uri, router_version
+from serving.secrets import Scrubber, get_scrubber, pool_credentials
 from serving.startup import check_router, unreachable_models
-from serving.store import OutcomeStore
 
 log = logging.getLogger("thrifty.serving")
 
@@ -43,7 +44,13 @@ class Services:
     watcher: RegistryWatcher | None = None
     budgets: Budgets | None = None
     client_keys: dict[str, str] = field(repr=False, default_factory=dict)  # key -> client name
-    secrets: list[str] = field(repr=False, default_factory=list)  # upstream keys, scrubbed from messages
+    scrubber: Scrubber = field(repr=False, default_factory=get_scrubber)  # every credential, scrubbed from messages
+
+    def register_secrets(self) -> int:
+        """Register every credential the pool can send, and the client keys, with the scrubber (start-up, reloads)."""
+        return self.scrubber.register([
+            *pool_credentials(self.pool, self.catalog), *self.config.upstream_secrets(), *self.client_keys,
+        ])
 
     def warm_up(self) -> None:
         """Load now what the first request would otherwise wait for.
@@ -147,9 +154,7 @@ def build_services(
         warning = check_router(loaded.uri, loaded.router.models_, catalog, unreachable)  # raises when none can be reached
         if warning:
             log.warning(warning)
-    store = (store or OutcomeStore(config.resolved_store_path, synchronous=config.store_synchronous)).open()
-    secrets = config.upstream_secrets() + [k for k in (pool.upstreams[n].api_key for n in pool.upstreams) if k]
-    secrets += list(config.client_keys())  # never echoed either
+    store = (store or open_store(config.resolved_store_url, synchronous=config.store_synchronous)).open()
 
     def breaker_changed(model: str, state: str) -> None:
         metrics.breaker_transitions.labels(model, state).inc()
@@ -164,8 +169,9 @@ def build_services(
         explore_epsilon=config.explore_epsilon,
         rng=random.Random(config.explore_seed),
         unreachable=unreachable,
+        on_unmet_limit=config.on_unmet_limit,
     )
-    return Services(
+    services = Services(
         config=config,
         catalog=catalog,
         routers=holder,
@@ -189,5 +195,6 @@ def build_services(
         store=store,
         metrics=metrics,
         client_keys=config.client_keys(),
-        secrets=secrets,
     )
+    services.register_secrets()
+    return services

@@ -78,7 +78,10 @@ def deployment(thrifty_home, fake_server, tmp_path):
 
 
 @pytest.mark.timeout(900)  # about 30 s on a quiet 2-core machine; sized for one whose cores other work holds
-def test_serve_explore_feedback_retrain_promote_hot_swap(deployment, tmp_path):
+def test_serve_explore_feedback_retrain_promote_hot_swap(deployment, tmp_path, caplog):
+    import logging
+
+    caplog.set_level(logging.INFO, logger="thrifty.serving")
     url, app, config, catalog_file = deployment
     client = openai.OpenAI(base_url=f"{url}/v1", api_key=CLIENT_KEY, max_retries=0, timeout=60)
     rng = random.Random(7)
@@ -111,7 +114,7 @@ def test_serve_explore_feedback_retrain_promote_hot_swap(deployment, tmp_path):
 
     # 2. retrain on the store: the served decisions joined with their feedback, weighted by 1/propensity
     runner = CliRunner()
-    result = runner.invoke(main, ["retrain", "--store", str(config.store_path), "--name", "loop", "--predictor", "logistic",
+    result = runner.invoke(main, ["retrain", "--store", config.resolved_store_url, "--name", "loop", "--predictor", "logistic",
                                   "--catalog", catalog_file, "--test-size", "0.2"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert "models:/loop@challenger" in result.output
@@ -153,6 +156,8 @@ def test_serve_explore_feedback_retrain_promote_hot_swap(deployment, tmp_path):
     assert failures == []
     assert versions and versions[-1] == f"loop/{challenger.version}"
     assert "loop/1" in versions  # traffic spanned the swap
+    swaps = [r.getMessage() for r in caplog.records if "hot-swapped" in r.getMessage()]
+    assert swaps == [f"router models:/loop@champion hot-swapped: loop/1 -> loop/{challenger.version}"]  # one line
 
     # the promotion was logged to MLflow with both numbers
     runs = registry.search_runs([run.info.experiment_id], filter_string="attributes.run_name = 'promote'")
@@ -166,8 +171,5 @@ def test_serve_explore_feedback_retrain_promote_hot_swap(deployment, tmp_path):
                    for i in range(10)]
     assert all(m in LARGE for m in hard_models), hard_models
     # every answered request is in the store, each with its propensity
-    import sqlite3
-
-    with sqlite3.connect(config.store_path) as db:
-        stored, with_propensity = db.execute("SELECT count(*), count(propensity) FROM decisions WHERE status = 'ok'").fetchone()
-    assert stored == with_propensity == SERVED + len(versions) + 10
+    rows = store.joined(include_unlabeled=True)  # status ok
+    assert len(rows) == sum(r["propensity"] is not None for r in rows) == SERVED + len(versions) + 10

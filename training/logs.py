@@ -24,6 +24,7 @@ import pandas as pd
 from models.outcomes import OPTIONAL_COLUMNS, OUTCOME_COLUMNS, REQUIRED_COLUMNS
 from models.prices import PriceTable
 from models.tokens import count_tokens
+from training.sources import LogPart, SourceError, log_parts, read_part
 
 # Internal bookkeeping columns, dropped before a frame is returned: where each
 # row came from, so that checks run after concatenation can still name it.
@@ -83,20 +84,51 @@ def read_logs(
     prompt_id, model) of the same file with the same success are dropped;
     conflicting repeats, and any repeat across two files, are errors.
     """
-    if isinstance(paths, (str, Path)):  # a lone path is a common slip; treat it as one file
-        paths = [paths]
-    paths = [Path(p) for p in paths]
-    if not paths:
-        raise ValueError("read_logs: no files given")
+    parts = log_sources(paths)
     from training.progress import bar
 
-    with bar(paths, enabled=progress, desc="reading logs", unit="file") as files:
-        frames = [_normalised_file(path) for path in files]
-    return _combine(frames, prices)
+    with bar(parts, enabled=progress, desc="reading logs", unit="file") as files:
+        frames = [read_part_rows(part, prices) for part in files]
+    return combine_part_rows(frames)
+
+
+def read_part_rows(part: LogPart, prices: PriceTable | None = None) -> pd.DataFrame:
+    """One file's rows, checked, with token counts and costs filled: the per-file half of :func:`read_logs`.
+
+    The rows keep the bookkeeping columns that :func:`combine_part_rows` needs
+    to name files and rows; a distributed reader runs this on its workers.
+    """
+    rows = _normalised_file(part)
+    _fill_token_counts(rows)
+    _fill_costs(rows, prices)
+    return rows
+
+
+def combine_part_rows(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """The across-files half of :func:`read_logs`: prompt texts agree, no repeated outcomes; the canonical frame.
+
+    A ``prompt`` column may be categorical (one copy of each text, as a
+    distributed reader ships it); it stays categorical.
+    """
+    rows = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0].reset_index(drop=True)
+    _check_prompt_texts(rows)
+    return _canonical(_without_repeated_outcomes(rows))
+
+
+def log_sources(paths: Sequence[str | Path]) -> list[LogPart]:
+    """The files behind ``paths``: files, directories of Parquet parts, fsspec URLs (see ``training.sources``)."""
+    if isinstance(paths, (str, Path)):  # a lone path is a common slip; treat it as one file
+        paths = [paths]
+    if not paths:
+        raise ValueError("read_logs: no files given")
+    try:
+        return log_parts([str(p) for p in paths], list(READERS))
+    except SourceError as exc:
+        raise LogError(exc.source, exc.message) from None
 
 
 def read_log_file(path: str | Path, prices: PriceTable | None = None) -> pd.DataFrame:
-    """Read one outcome log (long or RouterBench wide format); see :func:`read_logs`."""
+    """Read one outcome log (long or RouterBench wide format; a file, a directory of parts or a URL); see :func:`read_logs`."""
     return read_logs([path], prices)
 
 
@@ -107,34 +139,37 @@ def routerbench_wide_to_long(frame: pd.DataFrame, source: str, dataset: str = "r
     is empty was not evaluated on that prompt and gets no row. ``source`` is
     the name errors are reported under.
     """
-    return _combine([_wide_to_long(frame, source, dataset)], prices=None)
+    rows = _wide_to_long(frame, source, dataset)
+    _fill_token_counts(rows)
+    _fill_costs(rows, None)
+    return combine_part_rows([rows])
 
 
 # --------------------------------------------------------------------------- reading files
 
 
-def _read_parquet(path: Path) -> pd.DataFrame:
-    return pd.read_parquet(path)
+def _read_parquet(source) -> pd.DataFrame:
+    return pd.read_parquet(source)
 
 
-def _read_jsonl(path: Path) -> pd.DataFrame:
+def _read_jsonl(source) -> pd.DataFrame:
     # dtype=False: an id like "007" must stay a string, not become the number 7
-    return pd.read_json(path, lines=True, dtype=False)
+    return pd.read_json(source, lines=True, dtype=False)
 
 
-def _read_csv(path: Path) -> pd.DataFrame:
+def _read_csv(source) -> pd.DataFrame:
     text_columns = STRING_COLUMNS + list(WIDE_ID_COLUMNS)
     # Only an empty field is missing: answers such as "NA" or "None" are text.
-    return pd.read_csv(path, dtype={c: "string" for c in text_columns}, keep_default_na=False, na_values=[""])
+    return pd.read_csv(source, dtype={c: "string" for c in text_columns}, keep_default_na=False, na_values=[""])
 
 
-def _read_pickle(path: Path) -> pd.DataFrame:
+def _read_pickle(source) -> pd.DataFrame:
     # Unpickling runs code from the file: only for files the user chose to trust
     # (RouterBench publishes its data as a pickled DataFrame).
-    return pd.read_pickle(path)
+    return pd.read_pickle(source)
 
 
-READERS: dict[str, tuple[str, Callable[[Path], pd.DataFrame]]] = {
+READERS: dict[str, tuple[str, Callable[..., pd.DataFrame]]] = {
     ".parquet": ("Parquet", _read_parquet),
     ".jsonl": ("JSON Lines", _read_jsonl),
     ".ndjson": ("JSON Lines", _read_jsonl),
@@ -144,20 +179,14 @@ READERS: dict[str, tuple[str, Callable[[Path], pd.DataFrame]]] = {
 }
 
 
-def _read_table(path: Path) -> pd.DataFrame:
-    suffix = path.suffix.lower()
-    if suffix not in READERS:
-        known = ", ".join(READERS)
-        raise LogError(path, f"unknown file type {suffix or '(no extension)'!r}; expected one of {known}")
-    if not path.is_file():
-        raise LogError(path, "no such file")
-    kind, reader = READERS[suffix]
+def _read_table(part: LogPart) -> pd.DataFrame:
+    kind, reader = READERS[part.suffix]
     try:
-        frame = reader(path)
+        frame = read_part(part, reader)
     except Exception as exc:  # readers raise many types: ArrowInvalid, ParserError, UnpicklingError, ...
-        raise LogError(path, f"cannot read the file as {kind}: {type(exc).__name__}: {exc}") from exc
+        raise LogError(part.name, f"cannot read the file as {kind}: {type(exc).__name__}: {exc}") from exc
     if not isinstance(frame, pd.DataFrame):
-        raise LogError(path, f"holds a {type(frame).__name__}, not a pandas DataFrame")
+        raise LogError(part.name, f"holds a {type(frame).__name__}, not a pandas DataFrame")
     return frame
 
 
@@ -165,11 +194,11 @@ def _is_wide(frame: pd.DataFrame) -> bool:
     return any(str(c).endswith(WIDE_COST_SUFFIX) for c in frame.columns)
 
 
-def _normalised_file(path: Path) -> pd.DataFrame:
-    frame = _read_table(path)
+def _normalised_file(part: LogPart) -> pd.DataFrame:
+    frame = _read_table(part)
     if _is_wide(frame):
-        return _wide_to_long(frame, str(path), "routerbench")
-    return _long_rows(frame, str(path), default_dataset=path.stem)
+        return _wide_to_long(frame, part.name, "routerbench")
+    return _long_rows(frame, part.name, default_dataset=part.dataset)
 
 
 # --------------------------------------------------------------------------- long format
@@ -422,15 +451,6 @@ def _melt(wide: pd.DataFrame, models: list[str], source: str, dataset: str) -> p
 # --------------------------------------------------------------------------- across rows and files
 
 
-def _combine(frames: list[pd.DataFrame], prices: PriceTable | None) -> pd.DataFrame:
-    rows = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0].reset_index(drop=True)
-    _check_prompt_texts(rows)
-    rows = _without_repeated_outcomes(rows)
-    _fill_token_counts(rows)
-    _fill_costs(rows, prices)
-    return _canonical(rows)
-
-
 def _where(rows: pd.DataFrame, position: int, relative_to: str | None = None) -> str:
     source, row = rows[SOURCE].iat[position], int(rows[ROW].iat[position])
     return f"row {row}" if source == relative_to else f"{source} row {row}"
@@ -566,7 +586,9 @@ def _canonical(rows: pd.DataFrame) -> pd.DataFrame:
     columns = {**OUTCOME_COLUMNS, **{c: t for c, t in OPTIONAL_COLUMNS.items() if c in rows}}
     out = pd.DataFrame(index=rows.index)
     for column, dtype in columns.items():
-        if column in rows:
+        if column in rows and isinstance(rows[column].dtype, pd.CategoricalDtype):
+            out[column] = rows[column]  # texts shared by many rows, kept as one copy each
+        elif column in rows:
             out[column] = rows[column].astype(dtype)
         else:
             out[column] = pd.Series(pd.NA if dtype == "string" else np.nan, index=rows.index, dtype=dtype)
