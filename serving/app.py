@@ -36,7 +36,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from models.catalog import Catalog
-from models.providers import MissingUpstreamKey, ProviderPool
+from models.providers import ProviderPool
 from models.store import OutcomeStore
 from router.profiles import Profile
 from router.router import Router
@@ -237,27 +237,21 @@ def create_app(
 
 
 def log_startup(services: Services) -> None:
-    """One line saying what is served; one line per model that has no upstream key, naming the variable to set."""
+    """One line saying what is served: router version, routable models, store, address.
+
+    Models that cannot be reached were named (with the variable to set) by the
+    start-up check in ``build_services``; here they are only left out of the count.
+    """
     loaded = services.routers.get()
-    routable, keyless = [], []
-    for model in loaded.router.models_:
-        if model not in services.catalog:
-            continue
-        try:
-            services.pool.api_key(services.catalog.get(model))
-        except MissingUpstreamKey as exc:
-            keyless.append(str(exc))
-            continue
-        except Exception:  # noqa: BLE001 - a pool without key lookup (injected providers) routes every model
-            pass
-        routable.append(model)
-    for message in keyless:
-        log.warning("%s; the model is skipped until then", message)
     config = services.config
+    where = f"store {services.store.display_url}; http://{config.host}:{config.port}"
+    if loaded.router is None:
+        log.info("thrifty serving %d catalog models by id only (passthrough_only); %s", len(services.catalog), where)
+        return
+    routable = [m for m in loaded.router.models_ if m in services.catalog and m not in services.routing.unreachable]
     shown = ", ".join(routable[:8]) + (", ..." if len(routable) > 8 else "")
-    store = services.store.display_url
-    log.info("thrifty serving router %s: %d of %d models routable (%s); store %s; http://%s:%s",
-             loaded.version, len(routable), len(loaded.router.models_), shown or "none", store, config.host, config.port)
+    log.info("thrifty serving router %s: %d of %d models routable (%s); %s",
+             loaded.version, len(routable), len(loaded.router.models_), shown or "none", where)
 
 
 GC_THRESHOLD = (20_000, 10, 10)
