@@ -507,7 +507,12 @@ def tune(logs, prices, catalogs, router_uri, test_size, seed, task_holdout, name
     except (ProfileError, ValueError) as exc:  # TargetError is a ValueError
         raise click.ClickException(str(exc)) from None
     p, v, t = result.profile, result.validation, result.test
-    click.echo(f"target: {result.target.describe(v['best_single'])}, certified with {confidence:.0%} confidence")
+    if v["certified"]:
+        click.echo(f"target: {result.target.describe(v['best_single'])}, certified with {confidence:.0%} confidence")
+    else:
+        click.echo(f"target: NOT CERTIFIED — {v['not_certified']}.")
+        click.echo("  the profile sends every request to the most likely model (threshold knob "
+                   f"{p.knob:g}); lower --target-quality or --confidence, or give more logs, to route")
     click.echo(f"chosen on {result.n_validation} validation prompts: {p.policy} knob {p.knob:.6g} -> success {v['quality']:.3f}, ${v['cost']:.3g} per request")
     click.echo(
         f"on {result.n_test} test prompts (not used for the choice): success {t['quality']:.3f}, ${t['cost']:.3g} per request "
