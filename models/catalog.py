@@ -16,6 +16,15 @@ The shipped entries' prices can come from a maintained price source
 (``THRIFTY_PRICE_SOURCE=genai-prices`` or ``litellm``; see
 ``models/price_sources.py``) instead of the hand-kept values; files given by
 the user still override them.
+
+Prompt caching has prices of its own: ``cached_input_usd_per_mtok`` (input
+read from the provider's cache), ``cache_write_usd_per_mtok`` (input written
+to it; Anthropic's five-minute TTL) and ``cache_write_1h_usd_per_mtok``
+(Anthropic's one-hour TTL). Left out, each is the provider's published ratio
+to the input price (:data:`CACHE_RATIOS`): OpenAI reads at 0.5x (the gpt-4o
+family; the catalog gives other families their own), writes free; Anthropic
+reads at 0.1x, writes at 1.25x (5 minutes) and 2x (1 hour); an
+OpenAI-compatible server at the full input price (no discount assumed).
 """
 
 from __future__ import annotations
@@ -36,6 +45,12 @@ from models.prices import Price, PriceTable
 Provider = Literal["openai", "anthropic", "openai-compatible"]
 PROVIDERS: tuple[str, ...] = ("openai", "anthropic", "openai-compatible")
 DEFAULT_CONTEXT_WINDOW = 8192
+# provider -> (cache read, cache write 5 min, cache write 1 h) as multiples of the input price
+CACHE_RATIOS: dict[str, tuple[float, float, float]] = {
+    "openai": (0.5, 1.0, 1.0),
+    "anthropic": (0.1, 1.25, 2.0),
+    "openai-compatible": (1.0, 1.0, 1.0),
+}
 
 
 class CatalogError(ValueError):
@@ -73,14 +88,36 @@ class ModelSpec:
     # stream cut mid-answer be finished by this model. None: the provider's default
     # (Anthropic: yes; OpenAI and OpenAI-compatible servers: no, as many start a new message).
     assistant_prefill: bool | None = None
+    cached_input_usd_per_mtok: float | None = None  # default: CACHE_RATIOS of the provider
+    cache_write_usd_per_mtok: float | None = None
+    cache_write_1h_usd_per_mtok: float | None = None
 
     @property
     def price(self) -> Price:
-        return Price(self.input_usd_per_mtok, self.output_usd_per_mtok)
+        # an OpenAI-compatible server says nothing about whose model it serves
+        vendor = self.vendor or (None if self.provider == "openai-compatible" else self.provider)
+        return Price(self.input_usd_per_mtok, self.output_usd_per_mtok, vendor=vendor)
 
-    def cost(self, input_tokens: float, output_tokens: float) -> float:
-        """USD cost of a call with this usage."""
-        return self.price.cost(input_tokens, output_tokens)
+    def cache_prices(self) -> tuple[float, float, float]:
+        """USD per 1M input tokens read from the cache, written to it (5 min), written to it (1 h)."""
+        ratios = CACHE_RATIOS.get(self.provider, (1.0, 1.0, 1.0))
+        given = (self.cached_input_usd_per_mtok, self.cache_write_usd_per_mtok, self.cache_write_1h_usd_per_mtok)
+        return tuple(g if g is not None else r * self.input_usd_per_mtok for g, r in zip(given, ratios))  # type: ignore[return-value]
+
+    def cost(self, input_tokens: float, output_tokens: float, *, cache_read_tokens: float = 0,
+             cache_write_tokens: float = 0, cache_write_1h_tokens: float = 0) -> float:
+        """USD cost of a call with this usage; ``input_tokens`` counts all input, the cache parts included."""
+        if not (cache_read_tokens or cache_write_tokens or cache_write_1h_tokens):
+            return self.price.cost(input_tokens, output_tokens)
+        read, write, write_1h = self.cache_prices()
+        uncached = max(0.0, input_tokens - cache_read_tokens - cache_write_tokens - cache_write_1h_tokens)
+        return self.price.cost(uncached, output_tokens) + (
+            cache_read_tokens * read + cache_write_tokens * write + cache_write_1h_tokens * write_1h) / 1e6
+
+    @property
+    def max_input_usd_per_mtok(self) -> float:
+        """The dearest rate an input token can be billed at (a cache write may cost more than plain input)."""
+        return max(self.input_usd_per_mtok, *self.cache_prices())
 
     @property
     def wire_format(self) -> str:
@@ -109,6 +146,9 @@ def _spec_from_entry(entry: Mapping, where: str) -> ModelSpec:
         data[key] = _non_negative(data[key], where, key)
     if data.get("assistant_prefill") is not None and not isinstance(data["assistant_prefill"], bool):
         raise CatalogError(f"{where}: field 'assistant_prefill' must be true or false, got {data['assistant_prefill']!r}")
+    for key in ("cached_input_usd_per_mtok", "cache_write_usd_per_mtok", "cache_write_1h_usd_per_mtok"):
+        if data.get(key) is not None:
+            data[key] = _non_negative(data[key], where, key)
     for key in ("context_window", "max_output_tokens"):
         if data.get(key) is not None:
             try:

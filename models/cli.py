@@ -1,6 +1,8 @@
-"""``thrifty models``: the model catalog and its prices."""
+"""``thrifty models``: the catalog of models thrifty can dispatch to, and their prices."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import click
 
@@ -13,11 +15,13 @@ from models.price_sources import (
     get_price_source,
     with_source_prices,
 )
+from models.prices import PriceTable
+from models.settings import get_settings
 
 
 @click.group()
 def models():
-    """The model catalog: which models exist and what they cost."""
+    """The model catalog: which models exist, how to reach them, what they cost."""
 
 
 def _table(headers: list[str], rows: list[list]) -> str:
@@ -45,8 +49,6 @@ def prices(source, check, strict, catalogs):
     With --check, the shipped catalog is compared with the source instead:
     one line per model and field that differ.
     """
-    from models.settings import get_settings
-
     if strict and not check:
         raise click.UsageError("--strict applies to --check")
     name = source or get_settings().price_source or "genai-prices"
@@ -81,3 +83,48 @@ def _check(source, strict: bool) -> None:
         click.echo(f"not in {source.name}: {', '.join(unknown)}")
     if strict and disagreements:
         click.get_current_context().exit(1)
+
+
+
+def _router_models(uri: str) -> tuple[list[str], PriceTable]:
+    """The models of the router at ``uri`` and the prices it was trained with."""
+    from models.registry import RouterNotFoundError, load_python_model
+
+    try:
+        if Path(uri).suffix == ".joblib":
+            if not Path(uri).is_file():
+                raise RouterNotFoundError(uri, "no such file")
+            import joblib
+
+            router = joblib.load(uri)
+        else:
+            router = getattr(load_python_model(uri), "router", None)
+    except RouterNotFoundError as exc:
+        raise click.ClickException(str(exc)) from None
+    names, prices = getattr(router, "models_", None), getattr(router, "prices_", None)
+    if names is None or not isinstance(prices, PriceTable):
+        raise click.ClickException(f"{uri} does not hold a fitted thrifty router")
+    return list(names), prices
+
+
+@models.command("init")
+@click.option("--from-router", "router_uri", default=None, metavar="URI",
+              help="the router whose models need entries: models:/NAME@ALIAS, a .joblib file (default: the champion)")
+@click.option("--catalog", "catalogs", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="catalog file(s) whose entries are copied for models they already know (repeatable)")
+def init(router_uri, catalogs):
+    """Write catalog entries for every model of a router (YAML on stdout).
+
+    \b
+    thrifty models init --from-router models:/thrifty@champion > catalog.yaml
+    """
+    from models.stubs import catalog_stub
+
+    settings = get_settings()
+    uri = router_uri or f"models:/{settings.registry_name}@champion"
+    names, prices = _router_models(uri)
+    try:
+        known = load_catalog([*settings.catalog, *catalogs])
+        click.echo(catalog_stub(names, prices, known, source=uri), nl=False)
+    except (CatalogError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None

@@ -13,6 +13,7 @@ import joblib
 import mlflow.pyfunc
 import pandas as pd
 
+from models.registry import RouterNotFoundError, load_python_model
 from router.router import Router
 
 ROUTER_ARTIFACT = "router"
@@ -50,8 +51,16 @@ class RouterModel(mlflow.pyfunc.PythonModel):
 
 
 def load_router(uri: str) -> Router:
-    """A router from ``models:/NAME@ALIAS``, ``models:/NAME/VERSION``, ``runs:/...`` or a local joblib file."""
-    if Path(uri).suffix == ".joblib" and Path(uri).exists():
+    """A router from ``models:/NAME@ALIAS``, ``models:/NAME/VERSION``, ``runs:/...`` or a local joblib file.
+
+    Registry URIs resolve against thrifty's MLflow store (``models.registry``);
+    a router that is not there raises :class:`~models.registry.RouterNotFoundError`.
+    """
+    if Path(uri).suffix == ".joblib":
+        if not Path(uri).is_file():
+            raise RouterNotFoundError(uri, "no such file")
         return load_router_file(uri)
-    model = mlflow.pyfunc.load_model(uri)
-    return model.unwrap_python_model().router
+    router = getattr(load_python_model(uri), "router", None)
+    if not isinstance(router, Router):
+        raise TypeError(f"{uri} holds a {type(router).__name__}, not a thrifty Router")
+    return router

@@ -19,6 +19,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from models.registry import use_store
 from router.router import Router
 
 REGISTRY_SCHEME = "models:/"
@@ -26,9 +27,13 @@ REGISTRY_SCHEME = "models:/"
 
 @dataclass(frozen=True)
 class LoadedRouter:
-    router: Router
+    router: Router | None  # None: no router is loaded (a server with ``passthrough_only``)
     uri: str
     version: str
+
+
+# What a server with ``passthrough_only: true`` holds instead of a router.
+NO_ROUTER = LoadedRouter(None, "", "none (passthrough_only)")
 
 
 def _alias_parts(uri: str) -> tuple[str, str] | None:
@@ -37,19 +42,6 @@ def _alias_parts(uri: str) -> tuple[str, str] | None:
         return None
     name, _, alias = uri[len(REGISTRY_SCHEME):].partition("@")
     return name, alias
-
-
-def use_thrifty_registry() -> str:
-    """Point MLflow at thrifty's store (the embedded SQLite store under ``THRIFTY_HOME``,
-    or ``MLFLOW_TRACKING_URI``), as training writes it; returns the tracking URI."""
-    import mlflow
-
-    from models.settings import get_settings
-
-    tracking = get_settings().resolved_tracking_uri
-    mlflow.set_tracking_uri(tracking)
-    mlflow.set_registry_uri(tracking)
-    return tracking
 
 
 def alias_version(uri: str) -> str | None:
@@ -91,7 +83,7 @@ def load_router_uri(uri: str) -> LoadedRouter:
 
     if uri.endswith(".joblib"):
         return LoadedRouter(load_router(uri), uri, router_version(uri))
-    use_thrifty_registry()
+    use_store()
     parts = _alias_parts(uri)
     if parts is None:
         return LoadedRouter(load_router(uri), uri, router_version(uri))
@@ -135,7 +127,7 @@ class ChampionWatch:
             current = self._loaded
             if current is None or _alias_parts(self.uri) is None:
                 return None
-            use_thrifty_registry()
+            use_store()
             version = alias_version(self.uri)
             if current.version.rsplit("/", 1)[-1] == version:
                 return None

@@ -125,7 +125,7 @@ def make_config(tmp: Path, fake_url: str, router_path: Path, **overrides):
         catalog=[catalog_path],
         include_default_catalog=False,
         profiles_dir=profiles_dir,
-        store_path=tmp / "outcomes.db",
+        store_url=str(tmp / "outcomes.db"),
         api_keys={"tests": CLIENT_KEY, "other": OTHER_CLIENT_KEY},
         upstreams={"openai": {"api_key": OPENAI_UPSTREAM_KEY}, "anthropic": {"api_key": ANTHROPIC_UPSTREAM_KEY}},
         store_responses=True,
@@ -165,7 +165,7 @@ def thrifty(fake_server, router_path, tmp_path_factory) -> Thrifty:
     config = make_config(tmp, fake_url, router_path, max_body_bytes=200_000)
     app = create_app(config)
     server = ThreadedServer(app).start()
-    yield Thrifty(server.url, config.resolved_store_path, config, app)
+    yield Thrifty(server.url, Path(config.resolved_store_url), config, app)
     server.stop()
 
 

@@ -1,4 +1,4 @@
-"""The ``thrifty`` command: subcommands from ``training`` and ``serving``.
+"""The ``thrifty`` command: subcommands from ``models``, ``training`` and ``serving``.
 
 This module is the only place that sees both layers, and it imports each
 lazily, only when one of its subcommands runs: ``training`` and ``serving``
