@@ -48,6 +48,30 @@ def is_registry_uri(uri: str) -> bool:
     return uri.startswith(REGISTRY_SCHEMES)
 
 
+def _require_store(uri: str, settings: Settings) -> None:
+    """Before any lookup: an embedded store that does not exist is not created by looking."""
+    store = settings.embedded_store
+    if store is not None and not store.is_file():
+        raise RouterNotFoundError(uri, f"nothing is registered yet (no MLflow store at {store}; THRIFTY_HOME={settings.home_dir})")
+
+
+def alias_version(name: str, alias: str, settings: Settings | None = None) -> str:
+    """The version ``models:/NAME@ALIAS`` points at now; :class:`RouterNotFoundError` when there is none."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    settings = settings or get_settings()
+    uri = f"models:/{name}@{alias}"
+    _require_store(uri, settings)
+    tracking = use_store(settings)
+    try:
+        return str(MlflowClient().get_model_version_by_alias(name, alias).version)
+    except mlflow.exceptions.MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            raise RouterNotFoundError(uri, f"{exc.message.rstrip('.')} in the MLflow store {tracking}") from None
+        raise
+
+
 def load_python_model(uri: str, settings: Settings | None = None):
     """The Python object behind an MLflow pyfunc model URI (``models:/NAME@ALIAS``, ``runs:/…``, a model folder).
 
@@ -57,9 +81,7 @@ def load_python_model(uri: str, settings: Settings | None = None):
 
     settings = settings or get_settings()
     if is_registry_uri(uri):
-        store = settings.embedded_store
-        if store is not None and not store.is_file():
-            raise RouterNotFoundError(uri, f"nothing is registered yet (no MLflow store at {store}; THRIFTY_HOME={settings.home_dir})")
+        _require_store(uri, settings)
     elif not Path(uri).exists():
         raise RouterNotFoundError(uri, "no such file or folder, and not a models:/ or runs:/ URI")
     tracking = use_store(settings)

@@ -7,6 +7,7 @@ very object that was trained and decisions are identical.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import joblib
@@ -35,19 +36,24 @@ def load_router_file(path: str | Path) -> Router:
     return router
 
 
-class RouterModel(mlflow.pyfunc.PythonModel):
-    """MLflow pyfunc wrapper: ``predict`` takes a frame with a ``prompt`` column
-    and params (policy or profile, knob, allowed models, bounds, prices) and
-    returns each prompt's chosen model and every candidate's predicted success
-    and expected cost; see :mod:`router.mlflow_model`."""
+# MLflow advises type hints on ``predict`` when the class is defined (under its own
+# "once" filter, so only recording the warning silences it); the model has an
+# explicit signature instead (router.mlflow_model), which type hints would override.
+with warnings.catch_warnings(record=True):
 
-    def load_context(self, context):
-        self.router = load_router_file(context.artifacts[ROUTER_ARTIFACT])
+    class RouterModel(mlflow.pyfunc.PythonModel):
+        """MLflow pyfunc wrapper: ``predict`` takes a frame with a ``prompt`` column
+        and params (policy or profile, knob, allowed models, bounds, prices) and
+        returns each prompt's chosen model and every candidate's predicted success
+        and expected cost; see :mod:`router.mlflow_model`."""
 
-    def predict(self, context, model_input, params=None) -> pd.DataFrame:
-        from router.mlflow_model import predict_frame
+        def load_context(self, context):
+            self.router = load_router_file(context.artifacts[ROUTER_ARTIFACT])
 
-        return predict_frame(self.router, model_input, params)
+        def predict(self, context, model_input, params=None) -> pd.DataFrame:
+            from router.mlflow_model import predict_frame
+
+            return predict_frame(self.router, model_input, params)
 
 
 def load_router(uri: str) -> Router:

@@ -19,6 +19,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from models.registry import alias_version as registry_alias_version
 from models.registry import use_store
 from router.router import Router
 
@@ -49,10 +50,7 @@ def alias_version(uri: str) -> str | None:
     parts = _alias_parts(uri)
     if parts is None:
         return None
-    from mlflow import MlflowClient
-
-    name, alias = parts
-    return str(MlflowClient().get_model_version_by_alias(name, alias).version)
+    return registry_alias_version(*parts)
 
 
 def router_version(uri: str) -> str:
