@@ -297,9 +297,12 @@ class Unavailable(RuntimeError):
     pass
 
 
-def run_loadgen(url: str, model: str, concurrency: int, stream: bool, limits, loadgen_cpus, prompts: Path) -> dict:
+def run_loadgen(url: str | list[str], model: str, concurrency: int, stream: bool, limits, loadgen_cpus, prompts: Path) -> dict:
+    """One load-generator run; several URLs share the concurrent loops between them."""
     n, duration, warmup = limits
-    cmd = [str(PROJECT_PY), str(BENCH / "loadgen.py"), "--url", url, "--model", model, "--concurrency", str(concurrency),
+    urls = [url] if isinstance(url, str) else list(url)
+    cmd = [str(PROJECT_PY), str(BENCH / "loadgen.py"), *[a for u in urls for a in ("--url", u)], "--model", model,
+           "--concurrency", str(concurrency),
            "--requests", str(n), "--duration", str(duration), "--warmup", str(warmup), "--max-tokens", str(MAX_TOKENS),
            "--prompts", str(prompts), "--cpus", ",".join(map(str, loadgen_cpus))]
     if stream:

@@ -101,12 +101,12 @@ class Runner:
             body["stream"] = True
         return json.dumps(body).encode()
 
-    async def one(self, session: aiohttp.ClientSession, i: int) -> dict:
+    async def one(self, session: aiohttp.ClientSession, i: int, url: str) -> dict:
         body = self.bodies[i % len(self.bodies)]
         t0 = time.perf_counter()
         rec = {"t0": t0}
         try:
-            async with session.post(self.args.url, data=body, headers=self.headers) as resp:
+            async with session.post(url, data=body, headers=self.headers) as resp:
                 status = resp.status
                 if not self.args.stream or status >= 300:
                     data = await resp.read()
@@ -154,21 +154,22 @@ class Runner:
             return False
 
     async def phase(self, session, n_max: int, duration: float) -> tuple[list[dict], float]:
-        """Run ``concurrency`` closed loops until ``n_max`` requests or ``duration`` seconds."""
+        """Run ``concurrency`` closed loops until ``n_max`` requests or ``duration`` seconds (loop k sends to URL k mod n)."""
         issued = 0
         results: list[dict] = []
         deadline = time.perf_counter() + duration
         offset = random.randrange(len(self.bodies))
 
-        async def worker():
+        async def worker(url: str):
             nonlocal issued
             while issued < n_max and time.perf_counter() < deadline:
                 i = issued
                 issued += 1
-                results.append(await self.one(session, offset + i))
+                results.append(await self.one(session, offset + i, url))
 
+        urls = self.args.url
         t0 = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(self.args.concurrency)))
+        await asyncio.gather(*(worker(urls[k % len(urls)]) for k in range(self.args.concurrency)))
         return results, time.perf_counter() - t0
 
     async def run(self) -> dict:
@@ -191,7 +192,8 @@ class Runner:
                 samples.setdefault(r["error"], r.get("detail", ""))
         ms = 1000.0
         out = {
-            "url": a.url,
+            "url": a.url[0],
+            "urls": a.url,
             "format": a.format,
             "model": a.model,
             "stream": a.stream,
@@ -222,7 +224,8 @@ class Runner:
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--url", required=True, help="full endpoint URL on loopback")
+    ap.add_argument("--url", required=True, action="append",
+                    help="full endpoint URL on loopback; repeat to spread the concurrent loops over several servers")
     ap.add_argument("--format", choices=("openai", "anthropic"), default="openai")
     ap.add_argument("--model", default="fake")
     ap.add_argument("--api-key", default="sk-bench")
@@ -246,7 +249,8 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    check_loopback(args.url)
+    for url in args.url:
+        check_loopback(url)
     if args.cpus:
         os.sched_setaffinity(0, {int(c) for c in args.cpus.split(",")})
     prompts = DEFAULT_PROMPTS

@@ -1,7 +1,7 @@
 """The one command: every part of the benchmark, its JSON results, SUMMARY.md, and the README table.
 
     bench/run.sh                 # = bash bench/setup_peers.sh && .venv/bin/python -m bench.run_all
-    .venv/bin/python -m bench.run_all [--quick] [--parts decision,gateways,memory,train] [--skip-setup]
+    .venv/bin/python -m bench.run_all [--quick] [--parts decision,gateways,memory,train,replicas,dask] [--skip-setup]
     .venv/bin/python -m bench.run_all --summary-only    # rebuild SUMMARY.md and the README table from the JSON files
 
 Parts run one after another, each in its own process (so thread settings and
@@ -14,6 +14,7 @@ CPU pinning of one cannot leak into the next) with a time limit:
 5. ``dask``      bench.train_dask        → results/train_dask.json (only when asked:
    ``bench/run.sh --parts dask``; one process vs ``--dask local:2`` at 1M and 5M rows
    takes about an hour on 2 cores)
+6. ``replicas``  bench.replicas          → results/replicas.json
 
 Then ``results/SUMMARY.md`` is written from the JSON files (machine, versions,
 date, every table), printed, and copied between the result markers of
@@ -39,8 +40,9 @@ PARTS = {  # name -> (module, results file, time limit full / quick in seconds)
     "train": ("bench.train_scale", "train_scale", 900, 300),
     # not in the default run (about an hour on 2 cores): bench/run.sh --parts dask
     "dask": ("bench.train_dask", "train_dask", 7200, 900),
+    "replicas": ("bench.replicas", "replicas", 420, 240),
 }
-DEFAULT_PARTS = ("decision", "gateways", "memory", "train")
+DEFAULT_PARTS = ("decision", "gateways", "memory", "train", "replicas")
 BUDGET_S = 20 * 60
 README = BENCH / "README.md"
 START, END = "<!-- results:start -->", "<!-- results:end -->"
@@ -60,7 +62,7 @@ def run_part(name: str, quick: bool) -> dict:
 
 
 def summary_markdown(runs: list[dict], machine: dict, quick: bool, total_s: float) -> str:
-    from bench import decision_latency, gateways, memory, train_dask, train_scale
+    from bench import decision_latency, gateways, memory, replicas, train_dask, train_scale
 
     sections = []
     tables = {
@@ -69,9 +71,10 @@ def summary_markdown(runs: list[dict], machine: dict, quick: bool, total_s: floa
         "train": ("3. Training scale (`thrifty train`)", train_scale.table, "train_scale"),
         "memory": ("4. Memory stability (thrifty server, concurrency 50)", memory.table, "memory"),
         "dask": ("5. Training on Dask (`thrifty train` vs `--dask local:2`)", train_dask.table, "train_dask"),
+        "replicas": ("6. Replicas on one PostgreSQL store vs one replica on SQLite", replicas.table, "replicas"),
     }
     ran = {r["part"]: r for r in runs}
-    for part in ("decision", "gateways", "train", "memory", "dask"):
+    for part in ("decision", "gateways", "train", "memory", "dask", "replicas"):
         title, fn, fname = tables[part]
         path = RESULTS / f"{fname}.json"
         run = ran.get(part)

@@ -93,7 +93,7 @@ def micro(n: int = 20000) -> dict:
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
     from models.catalog import ModelSpec
-    from serving.store import AttemptRecord, DecisionRecord
+    from models.store import AttemptRecord, DecisionRecord
     from router.decision import Candidate, Decision
     from serving.tracing import Tracing
 

@@ -11,6 +11,20 @@ Sources, later ones overriding earlier ones by model id:
    only the fields it changes;
 3. a prices CSV in the schema of ``shared/data/prices.csv``
    (``model, provider, input_usd_per_mtok, output_usd_per_mtok, note``).
+
+The shipped entries' prices can come from a maintained price source
+(``THRIFTY_PRICE_SOURCE=genai-prices`` or ``litellm``; see
+``models/price_sources.py``) instead of the hand-kept values; files given by
+the user still override them.
+
+Prompt caching has prices of its own: ``cached_input_usd_per_mtok`` (input
+read from the provider's cache), ``cache_write_usd_per_mtok`` (input written
+to it; Anthropic's five-minute TTL) and ``cache_write_1h_usd_per_mtok``
+(Anthropic's one-hour TTL). Left out, each is the provider's published ratio
+to the input price (:data:`CACHE_RATIOS`): OpenAI reads at 0.5x (the gpt-4o
+family; the catalog gives other families their own), writes free; Anthropic
+reads at 0.1x, writes at 1.25x (5 minutes) and 2x (1 hour); an
+OpenAI-compatible server at the full input price (no discount assumed).
 """
 
 from __future__ import annotations
@@ -31,6 +45,12 @@ from models.prices import Price, PriceTable
 Provider = Literal["openai", "anthropic", "openai-compatible"]
 PROVIDERS: tuple[str, ...] = ("openai", "anthropic", "openai-compatible")
 DEFAULT_CONTEXT_WINDOW = 8192
+# provider -> (cache read, cache write 5 min, cache write 1 h) as multiples of the input price
+CACHE_RATIOS: dict[str, tuple[float, float, float]] = {
+    "openai": (0.5, 1.0, 1.0),
+    "anthropic": (0.1, 1.25, 2.0),
+    "openai-compatible": (1.0, 1.0, 1.0),
+}
 
 
 class CatalogError(ValueError):
@@ -68,14 +88,36 @@ class ModelSpec:
     # stream cut mid-answer be finished by this model. None: the provider's default
     # (Anthropic: yes; OpenAI and OpenAI-compatible servers: no, as many start a new message).
     assistant_prefill: bool | None = None
+    cached_input_usd_per_mtok: float | None = None  # default: CACHE_RATIOS of the provider
+    cache_write_usd_per_mtok: float | None = None
+    cache_write_1h_usd_per_mtok: float | None = None
 
     @property
     def price(self) -> Price:
-        return Price(self.input_usd_per_mtok, self.output_usd_per_mtok)
+        # an OpenAI-compatible server says nothing about whose model it serves
+        vendor = self.vendor or (None if self.provider == "openai-compatible" else self.provider)
+        return Price(self.input_usd_per_mtok, self.output_usd_per_mtok, vendor=vendor)
 
-    def cost(self, input_tokens: float, output_tokens: float) -> float:
-        """USD cost of a call with this usage."""
-        return self.price.cost(input_tokens, output_tokens)
+    def cache_prices(self) -> tuple[float, float, float]:
+        """USD per 1M input tokens read from the cache, written to it (5 min), written to it (1 h)."""
+        ratios = CACHE_RATIOS.get(self.provider, (1.0, 1.0, 1.0))
+        given = (self.cached_input_usd_per_mtok, self.cache_write_usd_per_mtok, self.cache_write_1h_usd_per_mtok)
+        return tuple(g if g is not None else r * self.input_usd_per_mtok for g, r in zip(given, ratios))  # type: ignore[return-value]
+
+    def cost(self, input_tokens: float, output_tokens: float, *, cache_read_tokens: float = 0,
+             cache_write_tokens: float = 0, cache_write_1h_tokens: float = 0) -> float:
+        """USD cost of a call with this usage; ``input_tokens`` counts all input, the cache parts included."""
+        if not (cache_read_tokens or cache_write_tokens or cache_write_1h_tokens):
+            return self.price.cost(input_tokens, output_tokens)
+        read, write, write_1h = self.cache_prices()
+        uncached = max(0.0, input_tokens - cache_read_tokens - cache_write_tokens - cache_write_1h_tokens)
+        return self.price.cost(uncached, output_tokens) + (
+            cache_read_tokens * read + cache_write_tokens * write + cache_write_1h_tokens * write_1h) / 1e6
+
+    @property
+    def max_input_usd_per_mtok(self) -> float:
+        """The dearest rate an input token can be billed at (a cache write may cost more than plain input)."""
+        return max(self.input_usd_per_mtok, *self.cache_prices())
 
     @property
     def wire_format(self) -> str:
@@ -104,6 +146,9 @@ def _spec_from_entry(entry: Mapping, where: str) -> ModelSpec:
         data[key] = _non_negative(data[key], where, key)
     if data.get("assistant_prefill") is not None and not isinstance(data["assistant_prefill"], bool):
         raise CatalogError(f"{where}: field 'assistant_prefill' must be true or false, got {data['assistant_prefill']!r}")
+    for key in ("cached_input_usd_per_mtok", "cache_write_usd_per_mtok", "cache_write_1h_usd_per_mtok"):
+        if data.get(key) is not None:
+            data[key] = _non_negative(data[key], where, key)
     for key in ("context_window", "max_output_tokens"):
         if data.get(key) is not None:
             try:
@@ -250,11 +295,31 @@ def default_catalog() -> Catalog:
     return Catalog().merged(yaml.safe_load(text)["models"], "models/catalog.yaml")
 
 
+FROM_SETTINGS = "from-settings"
+
+
 def load_catalog(
-    paths: Iterable[str | Path] = (), *, include_default: bool = True
+    paths: Iterable[str | Path] = (), *, include_default: bool = True, price_source: str | None = FROM_SETTINGS
 ) -> Catalog:
-    """The shipped catalog, extended and overridden by ``paths`` in order."""
+    """The shipped catalog, extended and overridden by ``paths`` in order.
+
+    With a ``price_source`` (a name from :mod:`models.price_sources`; by
+    default the ``THRIFTY_PRICE_SOURCE`` setting, off unless set), the shipped
+    entries take that source's prices where it knows the model; the files in
+    ``paths`` still override them.
+    """
     catalog = default_catalog() if include_default else Catalog()
+    if price_source == FROM_SETTINGS:
+        from models.settings import get_settings
+
+        price_source = get_settings().price_source
+    if price_source and include_default:
+        from models.price_sources import PriceSourceUnavailable, UnknownPriceSourceError, get_price_source, with_source_prices
+
+        try:
+            catalog, _ = with_source_prices(catalog, get_price_source(price_source))
+        except (UnknownPriceSourceError, PriceSourceUnavailable) as exc:
+            raise CatalogError(f"price source (THRIFTY_PRICE_SOURCE): {exc}") from None
     for path in paths:
         catalog = catalog.with_file(path)
     return catalog

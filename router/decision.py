@@ -24,7 +24,10 @@ class Decision:
     ``candidates`` are in the policy's order of preference: the chosen model
     first, then the fail-over order (acceptable models before the rest).
     ``propensity`` is the probability with which ``model`` was chosen (1.0 for
-    a deterministic policy; below 1 when the server explores).
+    a deterministic policy; below 1 when the server explores). ``novelty``
+    says how unlike the router's training prompts the prompt is (see
+    :mod:`router.novelty`); ``guarded``: the default policy sent it to the
+    certificate's safe model (the best model, or a certified cheaper near-tie) for that reason.
     """
 
     model: str
@@ -36,6 +39,8 @@ class Decision:
     router_version: str | None = None
     explored: bool = False
     extra: dict = field(default_factory=dict, compare=False)
+    novelty: float | None = None  # how unlike the router's training prompts the prompt is (1.0 = typical)
+    guarded: bool = False  # sent to the certificate's safe model because of its novelty
 
     @property
     def chosen(self) -> Candidate:

@@ -32,11 +32,23 @@ class Profile:
     allowed: list[str] | None = None
     fallback: str | None = None  # threshold policy: the model to use when none qualifies (default: most likely)
     target: dict = field(default_factory=dict)  # what tune was asked for, and what it achieved
+    cascade: dict | None = None  # a router.cascade.Cascade as data (Cascade.to_dict()); None: one call per request
 
     def make_policy(self):
         if self.fallback and self.policy == "threshold":
             return make_policy(self.policy, self.knob, fallback=self.fallback)
         return make_policy(self.policy, self.knob)
+
+    def make_cascade(self):
+        """The profile's :class:`router.cascade.Cascade`, or None for a single-call profile."""
+        from router.cascade import Cascade, CascadeError
+
+        if self.cascade is None:
+            return None
+        try:
+            return Cascade.from_dict(self.cascade)
+        except CascadeError as exc:
+            raise ProfileError(f"profile {self.name!r}: {exc}") from None
 
 
 def validate_name(name: str) -> str:
@@ -48,6 +60,7 @@ def validate_name(name: str) -> str:
 def save_profile(profile: Profile, directory: Path) -> Path:
     validate_name(profile.name)
     make_policy(profile.policy, profile.knob)  # reject unknown policies before writing
+    profile.make_cascade()  # and invalid cascades
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{profile.name}.json"
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{profile.name}.", suffix=".tmp")
@@ -65,6 +78,10 @@ def load_profile(path: Path) -> Profile:
         raise ProfileError(f"{path}: not a valid profile: {exc}") from None
     validate_name(profile.name)
     make_policy(profile.policy, profile.knob)
+    try:
+        profile.make_cascade()
+    except ProfileError as exc:
+        raise ProfileError(f"{path}: {exc}") from None
     return profile
 
 

@@ -18,6 +18,7 @@ from models.prices import PriceTable
 from models.tokens import count_tokens
 from router.decision import Candidate, Decision
 from router.features import TextFeaturizer
+from router.novelty import NoveltyScorer
 from router.policy import Threshold
 from router.predictors import LightGBMSuccess, TokenRegressor
 
@@ -35,6 +36,7 @@ class Scores:
     input_tokens: np.ndarray  # (n,) prompt tokens
     output_tokens: np.ndarray  # (n, m) expected output tokens
     cost: np.ndarray  # (n, m) expected USD per call
+    novelty: np.ndarray | None = None  # (n,) how unlike the training prompts (1.0 = typical; see router.novelty)
 
 
 class Router:
@@ -46,13 +48,21 @@ class Router:
     success: a success predictor (``LightGBMSuccess``, ``LogisticSuccess``, ``KNNSuccess``).
     tokens: an output-token predictor (``TokenRegressor``).
     policy: the default policy of ``route()``.
+    novelty: a novelty scorer (``NoveltyScorer``) fitted on the training prompts' features.
+
+    Learned state besides the fitted parts: ``certificate_`` (a
+    :class:`router.certificate.Certificate`, set by training with
+    :meth:`with_policy`): the promise of the default policy, the prices it
+    was certified under, and the novelty above which the default sends a
+    prompt to the best single model.
     """
 
-    def __init__(self, featurizer=None, success=None, tokens=None, policy=None):
+    def __init__(self, featurizer=None, success=None, tokens=None, policy=None, novelty=None):
         self.featurizer = featurizer
         self.success = success
         self.tokens = tokens
         self.policy = policy
+        self.novelty = novelty
 
     # -- fitting -------------------------------------------------------
     def fit(
@@ -73,6 +83,7 @@ class Router:
         if missing:
             raise RoutingError(f"no price for model(s) {missing}")
         X = self.featurizer_.fit_transform(list(texts))
+        self.novelty_ = (self.novelty if self.novelty is not None else NoveltyScorer()).fit(X)
         self.success_.fit(X, success, weights, models=models)
         self.tokens_.fit(X, output_tokens, None, models=models)
         return self._fitted_for(models, prices)
@@ -131,7 +142,8 @@ class Router:
         in_price, out_price = prices.arrays(names)
         input_tokens = np.asarray(input_tokens, dtype=np.float64)
         cost = input_tokens[:, None] * in_price + out * out_price
-        return Scores(names, p, input_tokens, out, cost)
+        novelty = getattr(self, "novelty_", None)  # routers saved before novelty scores have none
+        return Scores(names, p, input_tokens, out, cost, None if novelty is None else novelty.score(X))
 
     def score(self, texts: Sequence[str], prices: PriceTable, models: Sequence[str] | None = None) -> Scores:
         texts = list(texts)
@@ -192,6 +204,7 @@ class Router:
         decides each here; ``allowed`` then narrows the scored models, exactly as
         ``route(..., allowed=...)`` would have (same candidates, same order).
         """
+        default = policy is None
         policy = policy or self.policy_
         if allowed is None:
             models = scores.models
@@ -216,6 +229,12 @@ class Router:
             mask, fallback = np.ones_like(p, dtype=bool), True
         idx, fb = policy.choose(p[None], cost[None], mask[None], models)
         chosen = int(idx[0])
+        novelty = None if scores.novelty is None else float(scores.novelty[row])
+        guarded = False
+        if default and novelty is not None:
+            safe = self._novelty_guard(novelty, models)
+            if safe is not None and mask[safe] and safe != chosen:
+                chosen, guarded = safe, True
         acceptable = policy.acceptable(p, cost, mask)
         order = policy.rank(p, cost, mask)
         order = [chosen] + [j for j in order if j != chosen]
@@ -230,6 +249,26 @@ class Router:
             candidates=candidates,
             policy=policy.name,
             knob=float(policy.knob),
-            fallback=fallback or bool(fb[0]),
+            fallback=fallback or (bool(fb[0]) and not guarded),
             router_version=version,
+            novelty=novelty,
+            guarded=guarded,
         )
+
+    def _novelty_guard(self, novelty: float, models: Sequence[str]) -> int | None:
+        """Column of the certificate's safe model when it sends a prompt this novel there, else None."""
+        cert = getattr(self, "certificate_", None)
+        if cert is None or cert.novelty_cut is None or not novelty > cert.novelty_cut:
+            return None
+        try:
+            return list(models).index(cert.guard_model)
+        except ValueError:  # the best model is not a candidate of this request
+            return None
+
+    def default_choice(self, scores: Scores) -> np.ndarray:
+        """The model (column of ``scores``) the default policy chooses for every prompt: ``decide(...).model`` for all rows at once."""
+        choice, _ = self.policy_.choose(scores.p, scores.cost, None, scores.models)
+        cert = getattr(self, "certificate_", None)
+        if scores.novelty is not None and cert is not None and cert.novelty_cut is not None and cert.guard_model in scores.models:
+            choice = np.where(scores.novelty > cert.novelty_cut, scores.models.index(cert.guard_model), choice)
+        return choice

@@ -14,10 +14,17 @@ Endpoints::
     GET  /dashboard             the savings report, for a browser (serving.dashboard)
     GET  /healthz               liveness and what is loaded
     GET  /metrics               Prometheus metrics (no auth)
+
+At start-up every credential the provider pool can use is registered with the
+process's scrubber and the scrub filter is put on the loggers
+(:mod:`serving.secrets`); a hot-swapped router registers them again. One log
+line says what is served (router version, routable models, store, address);
+each model without an upstream key gets a line naming the variable to set.
 """
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import time
@@ -31,12 +38,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from models.catalog import Catalog
 from models.providers import ProviderPool
+from models.store import OutcomeStore
 from router.profiles import Profile
 from router.router import Router
 from serving import completion, dashboard
 from serving.auth import authenticate
 from serving.config import ServingConfig, get_config
-from serving.errors import InvalidRequest, NotFound, install_error_handlers
+from serving.errors import Conflict, InvalidRequest, NotFound, install_error_handlers
 from serving.openapi import document
 from serving.prompt import routing_text
 from serving.routing import LoadedRouter
@@ -48,8 +56,8 @@ from serving.schemas import (
     read_json_body,
     validate,
 )
+from serving.secrets import install_log_filter
 from serving.services import Services, build_services
-from serving.store import OutcomeStore
 
 log = logging.getLogger("thrifty.serving")
 
@@ -149,6 +157,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        install_log_filter()  # before anything is loaded: no line logged from here on can show a credential
         services = build_services(config, router=router, providers=providers, store=store, catalog=catalog, profiles=profiles,
                                   tracer_provider=tracer_provider)
         if not services.client_keys:
@@ -156,7 +165,16 @@ def create_app(
         services.warm_up()  # the tokenizer, the routers and the SDK clients load now, not on the first request
         tune_gc()
         app.state.services = services
+        log_startup(services)
         if services.watcher is not None:
+            swapped = services.watcher.on_swap
+
+            def on_swap(old, new):
+                services.register_secrets()  # a new router may route to models whose keys were not known yet
+                if swapped is not None:
+                    swapped(old, new)
+
+            services.watcher.on_swap = on_swap
             services.watcher.start()
         try:
             yield
@@ -204,7 +222,7 @@ def create_app(
     @app.post("/v1/feedback")
     async def feedback(services: ServicesDep, client: ClientDep, body: BodyDep):
         parsed = validate(FeedbackRequest, body)
-        return await add_feedback(services, parsed)
+        return await add_feedback(services, client, parsed)
 
     @app.get("/healthz")
     async def healthz(services: ServicesDep):
@@ -221,6 +239,24 @@ def create_app(
         return Response(services.metrics.render(), media_type=services.metrics.content_type)
 
     return app
+
+
+def log_startup(services: Services) -> None:
+    """One line saying what is served: router version, routable models, store, address.
+
+    Models that cannot be reached were named (with the variable to set) by the
+    start-up check in ``build_services``; here they are only left out of the count.
+    """
+    loaded = services.routers.get()
+    config = services.config
+    where = f"store {services.store.display_url}; http://{config.host}:{config.port}"
+    if loaded.router is None:
+        log.info("thrifty serving %d catalog models by id only (passthrough_only); %s", len(services.catalog), where)
+        return
+    routable = [m for m in loaded.router.models_ if m in services.catalog and m not in services.routing.unreachable]
+    shown = ", ".join(routable[:8]) + (", ..." if len(routable) > 8 else "")
+    log.info("thrifty serving router %s: %d of %d models routable (%s); %s",
+             loaded.version, len(routable), len(loaded.router.models_), shown or "none", where)
 
 
 GC_THRESHOLD = (20_000, 10, 10)
@@ -260,7 +296,10 @@ def models_listing(services: Services, *, anthropic_style: bool = False) -> dict
                 for i, _, d in entries]
         return {"data": data, "has_more": False, "first_id": data[0]["id"] if data else None,
                 "last_id": data[-1]["id"] if data else None}
-    return {"object": "list", "data": [{"id": i, "object": "model", "created": 0, "owned_by": o} for i, o, _ in entries]}
+    data = [{"id": i, "object": "model", "created": 0, "owned_by": o} for i, o, _ in entries]
+    for entry in data[: len(services.routing.profiles)]:  # router profiles first: what their default promises
+        entry["certificate"] = services.routing.certificate(entry["id"])
+    return {"object": "list", "data": data}
 
 
 async def route_only(services: Services, request: Request, client: str, body: dict, parsed: RouteRequest) -> JSONResponse:
@@ -286,20 +325,45 @@ async def route_only(services: Services, request: Request, client: str, body: di
         "policy": decision.policy,
         "knob": record.knob,
         "fallback": decision.fallback,
+        "limit_unmet": decision.extra.get("limit_unmet"),
         "propensity": decision.propensity,
         "router_version": decision.router_version,
+        "novelty": decision.novelty,
+        "guarded": decision.guarded,
+        "certificate": services.routing.certificate(parsed.model),
         "candidates": record.candidates,
     }
     return JSONResponse(payload, headers=completion.decision_headers(decision_id, decision))
 
 
-async def add_feedback(services: Services, parsed: FeedbackRequest) -> dict[str, Any]:
+async def add_feedback(services: Services, client: str, parsed: FeedbackRequest) -> dict[str, Any]:
+    """Attach an outcome to a decision the client made (or any decision, for an admin client).
+
+    A decision of another client is answered exactly as an unknown id (404):
+    ids are not secret enough to be the only guard, and a 403 would confirm
+    that the id exists. Feedback on a decision no model answered (routed only,
+    failed, abandoned) is refused with a 409: it could never reach the
+    exported outcome logs, which hold answered requests with observed usage.
+    """
     if (parsed.success is None) == (parsed.score is None):
-        raise InvalidRequest("give exactly one of 'success' (0 or 1) or 'score' (in [0, 1])", param="success")
-    if parsed.success is not None and parsed.success not in (0.0, 1.0):
-        raise InvalidRequest("'success' must be 0 or 1; send a graded outcome as 'score'", param="success")
-    value = parsed.success if parsed.success is not None else parsed.score
-    known = await services.store.add_feedback(parsed.decision_id, float(value), parsed.source, parsed.score_raw)
+        raise InvalidRequest("give exactly one of 'success' (true/false or a number in [0, 1]) or 'score' (in [0, 1])",
+                             param="success")
+    value = parsed.value
+    decision = await asyncio.to_thread(services.store.decision, parsed.decision_id)
+    if decision is None or not may_give_feedback(services, client, decision):
+        raise NotFound(f"no decision with id {parsed.decision_id!r}", param="decision_id", code="decision_not_found")
+    if decision["status"] != "ok":
+        why = ("was only routed (POST /v1/route): no model answered it through thrifty, so there is no observed "
+               "answer, usage or cost to attach an outcome to" if decision["status"] == "routed"
+               else f"ended with status {decision['status']!r}: no complete answer was given")
+        raise Conflict(f"decision {parsed.decision_id!r} {why}; feedback applies to answered requests",
+                       param="decision_id", code="decision_not_answered")
+    known = await services.store.add_feedback(parsed.decision_id, value, parsed.source, parsed.score_raw)
     if not known:
         raise NotFound(f"no decision with id {parsed.decision_id!r}", param="decision_id", code="decision_not_found")
-    return {"decision_id": parsed.decision_id, "success": float(value), "source": parsed.source, "status": "recorded"}
+    return {"decision_id": parsed.decision_id, "success": value, "source": parsed.source, "status": "recorded"}
+
+
+def may_give_feedback(services: Services, client: str, decision: dict) -> bool:
+    """The client that made the decision, or a client named in ``admin_keys``."""
+    return decision.get("client") == client or client in services.config.admin_keys

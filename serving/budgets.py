@@ -9,7 +9,8 @@ without a budget of its own)::
 
 At admission a request books its *maximum* cost: the prompt's token count
 (the whole JSON of messages, system prompt and tools, an over-count) times
-the input price (with a 25% margin for providers' own tokenizers), plus its output limit (``max_tokens`` /
+the input price (with a 25% margin for providers' own tokenizers; the dearest cache-write price
+when the request marks ``cache_control`` breakpoints), plus its output limit (``max_tokens`` /
 ``max_completion_tokens``, else the model's ``max_output_tokens``, else
 ``default_max_tokens``) times the output price, for the dearest model the
 request may be sent to, plus the input cost of each further attempt
@@ -17,17 +18,19 @@ fail-over may make. If the period's settled spend, the bookings of requests
 in flight and this one exceed the limit, the request is refused with a 429
 (``budget_exceeded``) before any upstream call. When the request ends its
 record settles the booking to what its attempts actually cost (usage
-reported by the provider), in the same SQLite transaction that stores the
-record: a restart keeps the spend, and a booking left by a killed process
-expires after ``deadline_s + upstream_timeout_s``.
+reported by the provider), in the same transaction that stores the record
+(:mod:`models.store`): a restart keeps the spend, and a booking left by a
+killed process expires after ``deadline_s + upstream_timeout_s``.
 
 Guarantee: a period's spend never exceeds its limit as long as every request
 costs at most what it booked; output is capped by the booked output limit, so
 only a provider counting more input tokens than booked can overshoot, by that
-difference. Bookings are checked and written in one ``BEGIN IMMEDIATE``
-transaction, so this holds under concurrency in one process (the store's
-single writer thread orders admissions) and across ``--workers`` processes
-sharing the store (SQLite's write lock orders them).
+difference. Bookings are checked and written in one transaction holding the
+budget's lock, so this holds under concurrency in one process (the store's
+single writer thread orders admissions), across ``--workers`` processes
+sharing a SQLite store (its write lock orders them), and across replicas
+sharing a PostgreSQL store (the period's ``budget_spend`` row is locked with
+``SELECT ... FOR UPDATE``).
 """
 
 from __future__ import annotations
@@ -40,11 +43,11 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Mapping, Sequence
 
 from models.catalog import Catalog, ModelSpec
+from models.store import OutcomeStore, Reservation
 from models.tokens import count_tokens
 from serving.config import BudgetConfig, ServingConfig
 from serving.errors import BudgetExceeded
 from serving.metrics import Metrics
-from serving.store import OutcomeStore, Reservation
 
 EXPIRY_MARGIN_S = 60.0
 # Providers count tokens with their own tokenizers (Anthropic's counts run ~10-25% above o200k on
@@ -98,9 +101,16 @@ def max_request_cost(
     if not specs:
         return 0.0
     tokens = math.ceil(prompt_tokens(body) * INPUT_TOKEN_MARGIN)
-    answer = max(s.cost(tokens, output_limit(body, s, default_max_tokens)) for s in specs)
+    # a request that marks prompt-cache breakpoints may pay a cache-write rate (above the input rate) for its input
+    writes = '"cache_control"' in json.dumps(body, ensure_ascii=False, separators=(",", ":"))
+
+    def cost(spec: ModelSpec, output: int) -> float:
+        rate = spec.max_input_usd_per_mtok if writes else spec.input_usd_per_mtok
+        return (tokens * rate + output * spec.output_usd_per_mtok) / 1e6
+
+    answer = max(cost(s, output_limit(body, s, default_max_tokens)) for s in specs)
     retries = max(0, max_attempts - 1)
-    return answer + retries * max(s.cost(tokens, 0) for s in specs)
+    return answer + retries * max(cost(s, 0) for s in specs)
 
 
 class Budgets:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 import os
+import shutil
+import tempfile
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -16,6 +20,35 @@ def _config(path: str | None, **overrides):
         return load_config(path, **overrides)
     except (ConfigError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
+
+
+def _preflight(config):
+    """The catalog and router, checked before uvicorn starts: a server that cannot route says why in one line."""
+    from models.catalog import CatalogError
+    from models.registry import RouterNotFoundError
+    from serving.services import preflight
+    from serving.startup import StartupError
+
+    try:
+        return preflight(config)
+    except RouterNotFoundError as exc:
+        raise click.ClickException(
+            f"{exc}; or set `passthrough_only: true` in the config to serve catalog models by id only"
+        ) from None
+    except (StartupError, CatalogError, ConfigError) as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def log_config(level: str) -> dict[str, Any]:
+    """uvicorn's logging configuration, plus thrifty's loggers on its console handler, every handler scrubbed of secrets."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config.setdefault("filters", {})["scrub"] = {"()": "serving.secrets.ScrubFilter"}
+    for handler in config["handlers"].values():
+        handler["filters"] = [*handler.get("filters", []), "scrub"]
+    config["loggers"]["thrifty"] = {"handlers": ["default"], "level": level.upper(), "propagate": False}
+    return config
 
 
 @click.command()
@@ -33,6 +66,8 @@ def serve(config_path, host, port, workers, log_level, access_log):
     import uvicorn
 
     config = _config(config_path, host=host, port=port, workers=workers, access_log=access_log)
+    catalog, loaded = _preflight(config)
+    _check_store(config.resolved_store_url, config.store_synchronous)
     _check_tracing(config.otel_endpoint)
     if config.workers > 1:
         # Worker processes each build their own app from the environment.
@@ -41,19 +76,37 @@ def serve(config_path, host, port, workers, log_level, access_log):
         for name, value in (("HOST", host), ("PORT", port), ("ACCESS_LOG", access_log)):
             if value is not None:
                 os.environ[f"THRIFTY_SERVE_{name}"] = str(value)
-        uvicorn.run(
-            "serving.app:create_app_from_env", factory=True, host=config.host, port=config.port,
-            workers=config.workers, log_level=log_level, access_log=config.access_log,
-            timeout_graceful_shutdown=config.graceful_shutdown_s,
-        )
+        from serving.metrics import MULTIPROCESS_ENV
+
+        # the workers' metrics meet in a directory of this server's own, so every scrape shows them all
+        metrics_dir = tempfile.mkdtemp(prefix="thrifty-metrics-")
+        os.environ[MULTIPROCESS_ENV] = metrics_dir
+        try:
+            uvicorn.run(
+                "serving.app:create_app_from_env", factory=True, host=config.host, port=config.port,
+                workers=config.workers, log_level=log_level, access_log=config.access_log,
+                timeout_graceful_shutdown=config.graceful_shutdown_s, log_config=log_config(log_level),
+            )
+        finally:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
         return
     from serving.app import create_app
 
     # SIGTERM/SIGINT: stop accepting, let requests in flight finish (their records are written), then exit
     uvicorn.run(
-        create_app(config), host=config.host, port=config.port, log_level=log_level, access_log=config.access_log,
-        timeout_graceful_shutdown=config.graceful_shutdown_s,
+        create_app(config, router=loaded, catalog=catalog), host=config.host, port=config.port, log_level=log_level,
+        access_log=config.access_log, timeout_graceful_shutdown=config.graceful_shutdown_s, log_config=log_config(log_level),
     )
+
+
+def _check_store(url: str, synchronous: str) -> None:
+    """Open the outcome store once before serving: created or migrated now, and a bad one is one clear line."""
+    from models.store import StoreError, open_store
+
+    try:
+        open_store(url, synchronous=synchronous).close()
+    except StoreError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 def _check_tracing(config_endpoint: str | None) -> None:
@@ -74,20 +127,24 @@ def logs():
 @logs.command("export")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="output file: .parquet, .jsonl or .csv")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="YAML config naming the store")
-@click.option("--store", "store_path", type=click.Path(dir_okay=False), help="the SQLite store (overrides the config)")
+@click.option("--store", "store_url", default=None,
+              help="the outcome store: a SQLite file or sqlite:/// URL, or postgresql://user@host:port/db (overrides the config)")
 @click.option("--include-unlabeled", is_flag=True, help="also export answered requests without feedback")
 @json_result
-def export(out, config_path, store_path, include_unlabeled):
+def export(out, config_path, store_url, include_unlabeled):
     """Write served outcomes (decisions joined with feedback) in the canonical outcome format."""
-    from serving.export import export_outcomes
+    from models.store import StoreError, open_store
+    from serving.export import check_format, export_outcomes
 
-    path = Path(store_path) if store_path else _config(config_path).resolved_store_path
-    if not path.is_file():
-        raise click.ClickException(f"no outcome store at {path}")
+    url = store_url or _config(config_path).resolved_store_url
     try:
-        frame = export_outcomes(path, out, include_unlabeled=include_unlabeled)
-    except ValueError as exc:
+        check_format(out)
+        with open_store(url, create=False) as store:
+            frame = export_outcomes(store, out, include_unlabeled=include_unlabeled)
+    except (StoreError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
+    except OSError as exc:
+        raise click.ClickException(f"cannot write {out}: {exc.strerror or exc}") from None
     click.echo(f"wrote {len(frame)} outcome rows to {out}")
     return {"command": "logs export", "out": str(Path(out).resolve()), "rows": len(frame),
             "labeled": int(frame["success"].notna().sum()), "include_unlabeled": include_unlabeled}

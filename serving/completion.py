@@ -24,6 +24,7 @@ import logging
 import math
 import os
 import time
+from dataclasses import replace
 from typing import Any, AsyncIterator, Mapping
 
 import anyio
@@ -32,18 +33,18 @@ from fastapi.responses import Response
 
 from models.catalog import ModelSpec
 from models.providers import UpstreamError, UpstreamStreamError
+from models.store import DecisionRecord
 from router.decision import Decision
 from serving import sse
 from serving.errors import InvalidRequest, ServingError, error_body, from_upstream
 from serving.fastjson import dumps
 from serving.reliability import Deadline, failover_order
 from serving.prompt import routing_text
-from serving.routing import PASSTHROUGH, Constraints
-from serving.schemas import ThriftyOptions
+from serving.routing import PASSTHROUGH, Constraints, unservable
+from serving.schemas import MAX_LABEL_CHARS, ThriftyOptions
 from serving.services import Services
-from serving.store import DecisionRecord
 from serving.tracing import NO_TRACE, NoTrace, RequestTrace
-from serving.usage import Usage
+from serving.usage import Usage, usage_cost
 
 Body = dict[str, Any]
 log = logging.getLogger("thrifty.serving")
@@ -52,6 +53,9 @@ HEADER_MIN_QUALITY = "x-thrifty-min-quality"
 HEADER_MAX_COST = "x-thrifty-max-cost"
 HEADER_ALLOWED = "x-thrifty-allowed-models"
 HEADER_TASK = "x-thrifty-task"
+HEADER_ON_UNMET = "x-thrifty-on-unmet-limit"
+HEADER_LIMIT_UNMET = "x-thrifty-limit-unmet"  # response: the limit the answering model does not meet (degraded)
+ON_UNMET_VALUES = ("refuse", "degrade")
 
 
 def new_decision_id() -> str:
@@ -72,33 +76,69 @@ def _header_float(headers: Mapping[str, str], name: str, low: float, high: float
     return number
 
 
+HEADER_PARAMS = {"min_quality": HEADER_MIN_QUALITY, "max_cost": HEADER_MAX_COST, "allowed_models": HEADER_ALLOWED}
+BODY_PARAMS = {name: f"thrifty.{name}" for name in ("min_quality", "max_cost", "allowed_models")}
+
+
 def constraints_from(headers: Mapping[str, str], options: ThriftyOptions | None, body: Body | None = None) -> Constraints:
-    """Constraints from headers and the ``thrifty`` body field; when both are given, both apply."""
+    """Constraints from headers and the ``thrifty`` body field (when both are given, both apply), and the
+    request's needs from its body (``max_tokens`` / ``max_completion_tokens``, ``n``)."""
     allowed_header = headers.get(HEADER_ALLOWED)
     allowed = tuple(m.strip() for m in allowed_header.split(",") if m.strip()) if allowed_header else None
     if allowed_header is not None and not allowed:
         raise InvalidRequest(f"header {HEADER_ALLOWED} names no model", param=HEADER_ALLOWED)
-    from_headers = Constraints(
+    on_unmet = headers.get(HEADER_ON_UNMET)
+    if on_unmet is not None and on_unmet.strip().lower() not in ON_UNMET_VALUES:
+        raise InvalidRequest(f"header {HEADER_ON_UNMET} must be one of {', '.join(ON_UNMET_VALUES)}, got {on_unmet!r}",
+                             param=HEADER_ON_UNMET)
+    constraints = Constraints(
         min_quality=_header_float(headers, HEADER_MIN_QUALITY, 0.0, 1.0),
         max_cost=_header_float(headers, HEADER_MAX_COST, 0.0, math.inf),
         allowed_models=allowed,
-        task=headers.get(HEADER_TASK) or _metadata_task(body),
+        task=_label(headers.get(HEADER_TASK), f"header {HEADER_TASK}", HEADER_TASK) or _metadata_task(body),
+        on_unmet_limit=on_unmet.strip().lower() if on_unmet is not None else None,
+        params=HEADER_PARAMS,
     )
-    if options is None:
-        return from_headers
-    from_body = Constraints(
-        min_quality=options.min_quality,
-        max_cost=options.max_cost,
-        allowed_models=tuple(options.allowed_models) if options.allowed_models is not None else None,
-        task=options.task,
-    )
-    return from_headers.narrowed(from_body)
+    if options is not None:
+        constraints = constraints.narrowed(Constraints(
+            min_quality=options.min_quality,
+            max_cost=options.max_cost,
+            allowed_models=tuple(options.allowed_models) if options.allowed_models is not None else None,
+            task=options.task,
+            on_unmet_limit=options.on_unmet_limit,
+            params=BODY_PARAMS,
+        ))
+    return _with_needs(constraints, body or {})
+
+
+def _with_needs(constraints: Constraints, body: Body) -> Constraints:
+    """``constraints`` with the output limit and the number of choices the request asks for."""
+    params = dict(constraints.params)
+    max_output = None
+    for name in ("max_completion_tokens", "max_tokens"):  # OpenAI: the first supersedes the second
+        value = body.get(name)
+        if isinstance(value, int) and not isinstance(value, bool):
+            max_output, params["max_output_tokens"] = value, name
+            break
+    choices = body.get("n")
+    choices = choices if isinstance(choices, int) and not isinstance(choices, bool) and choices > 1 else 1
+    params["choices"] = "n"
+    return replace(constraints, max_output_tokens=max_output, choices=choices, params=params)
+
+
+def _label(value: str | None, what: str, param: str) -> str | None:
+    """A client-supplied label the store keeps: at most MAX_LABEL_CHARS characters, else a 400 naming it."""
+    if value is None or value == "":
+        return None
+    if len(value) > MAX_LABEL_CHARS:
+        raise InvalidRequest(f"{what} is {len(value)} characters long; at most {MAX_LABEL_CHARS} are accepted", param=param)
+    return value
 
 
 def _metadata_task(body: Body | None) -> str | None:
     metadata = (body or {}).get("metadata")
     task = metadata.get("task") if isinstance(metadata, dict) else None
-    return task if isinstance(task, str) and task else None
+    return _label(task, "metadata.task", "metadata.task") if isinstance(task, str) else None
 
 
 def decision_headers(decision_id: str, decision: Decision, answered: ModelSpec | None = None) -> dict[str, str]:
@@ -119,6 +159,9 @@ def decision_headers(decision_id: str, decision: Decision, answered: ModelSpec |
         headers["x-thrifty-p-success"] = f"{p_success:.4f}"
     if decision.router_version:
         headers["x-thrifty-router-version"] = decision.router_version
+    unmet = decision.extra.get("limit_unmet")
+    if unmet:
+        headers[HEADER_LIMIT_UNMET] = unmet
     return headers
 
 
@@ -169,7 +212,8 @@ def fallback_models(services: Services, decision: Decision, options: ThriftyOpti
 
     The request's ``thrifty.fallback_models`` if given (``[]``: none); else, for a
     model requested by id, the config's ``fallbacks`` of that model. Models outside
-    the request's ``allowed_models`` are left out.
+    the request's ``allowed_models``, and models that cannot serve it (``n > 1`` on
+    Anthropic, ``max_tokens`` above their output limit), are left out.
     """
     if options is not None and options.fallback_models is not None:
         unknown = [m for m in options.fallback_models if m not in services.catalog]
@@ -183,7 +227,7 @@ def fallback_models(services: Services, decision: Decision, options: ThriftyOpti
         models = []
     if constraints.allowed_models is not None:
         models = [m for m in models if m in constraints.allowed_models]
-    return models
+    return [m for m in models if unservable(services.catalog.get(m), constraints) is None]
 
 
 async def decide(services: Services, requested: str, text: str, constraints: Constraints,
@@ -197,6 +241,8 @@ async def decide(services: Services, requested: str, text: str, constraints: Con
     metrics.child(metrics.decisions, decision.extra.get("profile", requested), decision.model).inc()
     if trace.enabled:
         trace.decision(decision, requested, wall, wall + elapsed)
+    if decision.novelty is not None:
+        metrics.decision_novelty.observe(decision.novelty)
     return decision
 
 
@@ -245,7 +291,7 @@ async def handle_completion(
                 fmt, body, candidates, record.attempts, deadline=deadline, ranking=decision.ranking, trace=trace,
             )
     except (UpstreamError, ServingError) as exc:
-        error = from_upstream(exc, services.secrets) if isinstance(exc, UpstreamError) else exc
+        error = from_upstream(exc, services.scrubber) if isinstance(exc, UpstreamError) else exc
         record.status, record.http_status = "error", error.status
         record.error_kind = exc.kind if isinstance(exc, UpstreamError) else (exc.kind or type(exc).__name__)
         record.latency_s = time.perf_counter() - started
@@ -286,19 +332,23 @@ def _attempt_headers(record: DecisionRecord) -> dict[str, str]:
 def _finish_record(services: Services, record: DecisionRecord, parts: list[tuple[ModelSpec, Usage]], started: float,
                    finish_reason: str | None, text: str | None) -> None:
     """The answer in the record: ``parts``, the model and usage of each upstream answer it was made of
-    (one, or a stream and its continuations); the last one answered."""
+    (one, or a stream and its continuations); the last one answered. Cached input is priced at its own rates."""
     metrics = services.metrics
     record.answered_model = parts[-1][0].id
     record.input_tokens = record.output_tokens = 0
     record.cost_usd = 0.0
     for spec, usage in parts:
-        cost = spec.cost(usage.input_tokens, usage.output_tokens)
+        cost = usage_cost(spec, usage)
         record.input_tokens += usage.input_tokens
         record.output_tokens += usage.output_tokens
         record.cost_usd += cost
         metrics.child(metrics.spend, spec.id).inc(cost)
         metrics.child(metrics.tokens, spec.id, "input").inc(usage.input_tokens)
         metrics.child(metrics.tokens, spec.id, "output").inc(usage.output_tokens)
+        if usage.cache_read_tokens:  # part of "input": how much of it was read from the provider's cache
+            metrics.child(metrics.tokens, spec.id, "cache_read").inc(usage.cache_read_tokens)
+        if usage.cache_write_tokens:
+            metrics.child(metrics.tokens, spec.id, "cache_write").inc(usage.cache_write_tokens)
     record.latency_s = time.perf_counter() - started
     record.finish_reason = finish_reason
     if services.config.store_responses:
@@ -351,7 +401,7 @@ async def _stream_events(services: Services, fmt: str, opened, record: DecisionR
             await finish(None)
     except UpstreamError as exc:
         await finish(exc)
-        error = from_upstream(exc, services.secrets)
+        error = from_upstream(exc, services.scrubber)
         yield sse.encode_error(fmt, error_body(fmt, error))
     except Exception:
         log.exception("stream of model %s failed inside thrifty", opened.answered.id)

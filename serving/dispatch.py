@@ -66,6 +66,7 @@ from models.providers import (
 )
 from models.providers.base import Provider, supports_prefill
 from models.providers.raw import RawStream, SSEEvent
+from models.store import AttemptRecord
 from models.tokens import count_tokens
 from serving import sse, translate
 from serving.errors import BadGateway, GatewayTimeout, InvalidRequest, ModelsUnavailable, ServingError
@@ -82,9 +83,8 @@ from serving.recovery import (
     with_prefill,
 )
 from serving.reliability import BREAKER_KINDS, CLOSED, Breakers, Deadline, fails_over, retries_same_model
-from serving.store import AttemptRecord
 from serving.tracing import NO_TRACE, NoTrace, RequestTrace
-from serving.usage import StreamWatcher, Usage, finish_of, text_of_response, usage_of
+from serving.usage import StreamWatcher, Usage, finish_of, text_of_response, usage_cost, usage_of
 
 log = logging.getLogger("thrifty.serving")
 
@@ -482,12 +482,12 @@ class Dispatcher:
             try:
                 provider = self.pool.get(spec)
                 upstream_body = build(spec, provider)
-            except MissingUpstreamKey:
+            except MissingUpstreamKey as exc:
                 self.breakers.release(model)
                 run.done.add(model)
                 run.attempts.append(AttemptRecord(model=model, ts=time.time(), latency_s=0.0, status="error",
                                                   error_kind="config"))
-                log.error("no upstream key for model %s: skipped", model)
+                log.error("%s; model %s skipped", exc, model)  # the message names the variable to set
                 run.trace.skipped(model, "config")
                 continue
             except BaseException:
@@ -624,13 +624,13 @@ class Dispatcher:
     @staticmethod
     def _usage_so_far(attempt: AttemptRecord, spec: ModelSpec, usage: Usage) -> None:
         attempt.input_tokens, attempt.output_tokens = usage.input_tokens, usage.output_tokens
-        attempt.cost_usd = spec.cost(usage.input_tokens, usage.output_tokens)
+        attempt.cost_usd = usage_cost(spec, usage)
 
     def _succeeded(self, attempt: AttemptRecord, spec: ModelSpec, usage: Usage) -> None:
         attempt.latency_s = time.time() - attempt.ts
         attempt.status = "ok"
         attempt.input_tokens, attempt.output_tokens = usage.input_tokens, usage.output_tokens
-        attempt.cost_usd = spec.cost(usage.input_tokens, usage.output_tokens)
+        attempt.cost_usd = usage_cost(spec, usage)
         if self.metrics:
             self.metrics.child(self.metrics.upstream_latency, spec.id).observe(attempt.latency_s)
 

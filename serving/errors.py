@@ -9,14 +9,16 @@ everything else OpenAI)::
     Anthropic: {"type": "error", "error": {"type", "message"}}
 
 Upstream failures (:mod:`models.providers.errors`) map to 4xx/5xx with a
-message that never carries an upstream key. Malformed input of any kind is a
-4xx: an unexpected exception becomes a 500 with a generic message.
+message that never carries a credential: it passes through the process's
+scrubber (:mod:`serving.secrets`), which knows every key the provider pool
+can send. Malformed input of any kind is a 4xx: an unexpected exception
+becomes a 500 with a generic message.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Iterable
+from typing import Protocol
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -65,6 +67,14 @@ class NotFound(ServingError):
     anthropic_type = "not_found_error"
 
 
+class Conflict(ServingError):
+    """The request is well formed but does not apply to the resource as it is (e.g. feedback on a failed decision)."""
+
+    status = 409
+    openai_type = "invalid_request_error"
+    anthropic_type = "invalid_request_error"
+
+
 class UnknownModel(NotFound):
     code = "model_not_found"
 
@@ -73,6 +83,26 @@ class MethodNotAllowed(ServingError):
     status = 405
     openai_type = "invalid_request_error"
     anthropic_type = "invalid_request_error"
+
+
+class LimitUnmet(InvalidRequest):
+    """No allowed model meets the request's max-cost / min-quality limit (and the request does not degrade)."""
+
+    code = "limit_unmet"
+    kind = "limit_unmet"
+
+
+class NoRoutableModel(ServingError):
+    """The server cannot route: its router knows none of the models it may use (a configuration problem)."""
+
+    status = 503
+    openai_type = "server_error"
+    anthropic_type = "api_error"
+    code = "no_routable_model"
+
+    def __init__(self, message: str, **kw):
+        super().__init__(message, **kw)
+        self.headers = {"x-should-retry": "false", **self.headers}  # the SDKs would retry a 503 in vain
 
 
 class PayloadTooLarge(ServingError):
@@ -135,9 +165,13 @@ class BudgetExceeded(ServingError):
     kind = "budget"
 
 
-def from_upstream(exc: upstream.UpstreamError, secrets: Iterable[str] = ()) -> ServingError:
-    """The client-facing error for an upstream failure."""
-    message = scrub(exc.message, secrets)
+class Scrubs(Protocol):
+    def scrub(self, text: str) -> str: ...
+
+
+def from_upstream(exc: upstream.UpstreamError, scrubber: Scrubs) -> ServingError:
+    """The client-facing error for an upstream failure, its text scrubbed of every registered credential."""
+    message = scrubber.scrub(exc.message)
     if isinstance(exc, upstream.UpstreamRateLimited):
         headers = {"retry-after": str(max(1, round(exc.retry_after)))} if exc.retry_after is not None else {}
         return RateLimited(message, headers=headers)
@@ -148,15 +182,9 @@ def from_upstream(exc: upstream.UpstreamError, secrets: Iterable[str] = ()) -> S
     if isinstance(exc, upstream.ContextLengthExceeded):
         return UpstreamRejected(message, code="context_length_exceeded", param="messages")
     if isinstance(exc, upstream.UpstreamBadRequest):
-        return UpstreamRejected(message, code=exc.code if exc.code and exc.code.isidentifier() else None)
+        code = exc.code if exc.code and exc.code.isidentifier() and scrubber.scrub(exc.code) == exc.code else None
+        return UpstreamRejected(message, code=code)
     return BadGateway(message)
-
-
-def scrub(text: str, secrets: Iterable[str]) -> str:
-    for secret in secrets:
-        if secret and len(secret) >= 8:
-            text = text.replace(secret, "[redacted]")
-    return text
 
 
 def style_for(path: str) -> str:

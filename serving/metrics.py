@@ -1,13 +1,27 @@
 """Prometheus metrics of one app, in a registry of its own (never the process-global one).
 
-With ``--workers N`` each worker process counts its own traffic; scrape each
-worker, or run one worker per instance.
+With ``thrifty serve --workers N`` every scrape shows the whole server, whichever
+worker answers it: ``thrifty serve`` gives the workers a temporary directory
+(``PROMETHEUS_MULTIPROC_DIR``, removed when the server exits), each worker
+writes its values there (prometheus_client's multiprocess mode, chosen when
+its first metric is built), and ``/metrics`` adds up every worker's files.
+Counters and histograms sum over all workers, the ones that exited included;
+``thrifty_requests_in_flight`` sums the live workers; ``thrifty_circuit_open``
+is the largest over live workers (1 while any worker's breaker keeps the
+model out: breakers are per process).
 """
 
 from __future__ import annotations
 
+import atexit
+import glob
+import os
+import re
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
@@ -16,6 +30,10 @@ class Metrics:
     content_type = CONTENT_TYPE_LATEST
 
     def __init__(self) -> None:
+        self.multiprocess_dir = os.environ.get(MULTIPROCESS_ENV) or None
+        if self.multiprocess_dir:
+            _forget_dead_workers(self.multiprocess_dir)
+            atexit.register(_forget_worker, os.getpid(), self.multiprocess_dir)
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter(
@@ -44,17 +62,23 @@ class Metrics:
             "thrifty_routing_latency_seconds", "Time to make a routing decision",
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25), registry=r,
         )
+        self.decision_novelty = Histogram(
+            "thrifty_decision_novelty", "How unlike the router's training prompts each routed prompt is (1 = typical; see router.novelty)",
+            buckets=(0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0, 5.0), registry=r,
+        )
         self.decision_batch = Histogram(
             "thrifty_decision_batch_size", "Requests decided together in one batch (those that arrived in the same turn of the event loop)",
             buckets=(1, 2, 4, 8, 16, 32, 64), registry=r,
         )
-        self.in_flight = Gauge("thrifty_requests_in_flight", "Requests being answered", registry=r)
+        self.in_flight = Gauge("thrifty_requests_in_flight", "Requests being answered", registry=r,
+                               multiprocess_mode="livesum")
         self.failovers = Counter(
             "thrifty_failovers", "Upstream failures a request moved on from (to another model, or the same after Retry-After)",
             ["model", "kind"], registry=r,
         )
         self.breaker_open = Gauge(
-            "thrifty_circuit_open", "1 while a model's circuit breaker keeps it out (open or half-open)", ["model"], registry=r
+            "thrifty_circuit_open", "1 while a model's circuit breaker keeps it out (open or half-open)", ["model"], registry=r,
+            multiprocess_mode="livemax",
         )
         self.breaker_transitions = Counter(
             "thrifty_circuit_transitions", "Circuit breaker state changes, by model and new state", ["model", "state"], registry=r
@@ -79,4 +103,30 @@ class Metrics:
         return found
 
     def render(self) -> bytes:
+        if self.multiprocess_dir:
+            from prometheus_client.multiprocess import MultiProcessCollector
+
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry, path=self.multiprocess_dir)
+            return generate_latest(registry)
         return generate_latest(self.registry)
+
+
+def _forget_worker(pid: int, directory: str) -> None:
+    """A worker is gone: its live gauges stop counting (its counters and histograms stay in the totals)."""
+    from prometheus_client.multiprocess import mark_process_dead
+
+    mark_process_dead(pid, directory)
+
+
+def _forget_dead_workers(directory: str) -> None:
+    """Live gauges of workers that died without cleaning up (killed, then replaced by the server)."""
+    pids = {int(m.group(1)) for f in glob.glob(os.path.join(directory, "gauge_live*_*.db"))
+            if (m := re.search(r"_(\d+)\.db$", f))}
+    for pid in pids - {os.getpid()}:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            _forget_worker(pid, directory)
+        except PermissionError:  # alive, someone else's
+            pass

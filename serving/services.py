@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from models.catalog import Catalog, load_catalog
 from models.providers import MissingUpstreamKey, ProviderPool, UpstreamSettings
+from models.store import OutcomeStore, open_store
 from router.profiles import Profile, load_profiles
 from router.router import Router
 from serving.batching import DecisionBatcher
@@ -22,8 +23,9 @@ from serving.dispatch import Dispatcher
 from serving.metrics import Metrics
 from serving.reliability import Breakers
 from serving.reload import RegistryWatcher
-from serving.routing import LoadedRouter, RouterHolder, Routing, load_router_uri, router_version
-from serving.store import OutcomeStore
+from serving.routing import NO_ROUTER, LoadedRouter, RouterHolder, Routing, load_router_uri, router_version
+from serving.secrets import Scrubber, get_scrubber, pool_credentials
+from serving.startup import check_router, unreachable_models
 from serving.tracing import Tracing
 
 log = logging.getLogger("thrifty.serving")
@@ -43,8 +45,14 @@ class Services:
     watcher: RegistryWatcher | None = None
     budgets: Budgets | None = None
     client_keys: dict[str, str] = field(repr=False, default_factory=dict)  # key -> client name
-    secrets: list[str] = field(repr=False, default_factory=list)  # upstream keys, scrubbed from messages
     tracing: Tracing = field(default_factory=Tracing)  # OpenTelemetry spans (no-op unless a tracer provider is in force)
+    scrubber: Scrubber = field(repr=False, default_factory=get_scrubber)  # every credential, scrubbed from messages
+
+    def register_secrets(self) -> int:
+        """Register every credential the pool can send, and the client keys, with the scrubber (start-up, reloads)."""
+        return self.scrubber.register([
+            *pool_credentials(self.pool, self.catalog), *self.config.upstream_secrets(), *self.client_keys,
+        ])
 
     def warm_up(self) -> None:
         """Load now what the first request would otherwise wait for.
@@ -72,10 +80,9 @@ class Services:
 
     def report_frame(self, since: float, until: float):
         """The store's answered requests with ``since <= ts < until``, as :mod:`serving.report` reads them."""
-        from serving.export import outcome_frame
+        from models.store.outcomes import outcome_frame
 
-        frame = outcome_frame(self.store.path, include_unlabeled=True)
-        return frame[(frame["ts"] >= since) & (frame["ts"] < until)]
+        return outcome_frame(self.store, include_unlabeled=True, since=since, until=until)
 
     async def aclose(self) -> None:
         if self.watcher is not None:
@@ -97,6 +104,29 @@ def _pool(config: ServingConfig) -> ProviderPool:
     )
 
 
+def _check_fallbacks(config: ServingConfig, catalog: Catalog) -> None:
+    unknown = sorted({m for model, rest in config.fallbacks.items() for m in (model, *rest) if m not in catalog})
+    if unknown:
+        raise ConfigError(f"fallbacks name model(s) not in the catalog: {', '.join(unknown)}")
+
+
+def preflight(config: ServingConfig) -> tuple[Catalog, LoadedRouter]:
+    """What ``thrifty serve`` checks before it serves: the catalog and the router load, and the router can route.
+
+    Returns both, for ``create_app`` to use as they are. Raises
+    :class:`~serving.startup.StartupError` (no model of the router can be reached),
+    :class:`~models.registry.RouterNotFoundError` (no router at the URI) or
+    :class:`~models.catalog.CatalogError`; their messages are one line each.
+    """
+    catalog = load_catalog(config.resolved_catalog, include_default=config.include_default_catalog)
+    _check_fallbacks(config, catalog)
+    if config.passthrough_only:
+        return catalog, NO_ROUTER
+    loaded = load_router_uri(config.resolved_router_uri)
+    check_router(loaded.uri, loaded.router.models_, catalog, unreachable_models(catalog, _pool(config)))
+    return catalog, loaded
+
+
 def build_services(
     config: ServingConfig,
     *,
@@ -111,7 +141,9 @@ def build_services(
     profiles = profiles if profiles is not None else load_profiles(config.resolved_profiles_dir)
 
     default_uri = config.resolved_router_uri
-    if router is None:
+    if router is None and config.passthrough_only:
+        loaded = NO_ROUTER
+    elif router is None:
         loaded = load_router_uri(default_uri)
     elif isinstance(router, Router):
         loaded = LoadedRouter(router, default_uri, router_version(default_uri) if default_uri.endswith(".joblib") else "injected")
@@ -119,23 +151,20 @@ def build_services(
         loaded = router
     routers = {loaded.uri: loaded}
     for profile in profiles.values():  # each profile's own router, loaded once, now
-        if profile.router_uri and profile.router_uri not in routers:
+        if loaded.router is not None and profile.router_uri and profile.router_uri not in routers:
             routers[profile.router_uri] = load_router_uri(profile.router_uri)
     holder = RouterHolder(routers, loaded.uri)
 
-    unknown = sorted({m for model, rest in config.fallbacks.items() for m in (model, *rest) if m not in catalog})
-    if unknown:
-        raise ConfigError(f"fallbacks name model(s) not in the catalog: {', '.join(unknown)}")
-
-    missing = [m for m in loaded.router.models_ if m not in catalog]
-    if missing:
-        log.warning("router models missing from the catalog are never chosen: %s", ", ".join(missing))
+    _check_fallbacks(config, catalog)
 
     metrics = Metrics()
     pool = providers or _pool(config)
-    store = (store or OutcomeStore(config.resolved_store_path, synchronous=config.store_synchronous)).open()
-    secrets = config.upstream_secrets() + [k for k in (pool.upstreams[n].api_key for n in pool.upstreams) if k]
-    secrets += list(config.client_keys())  # never echoed either
+    unreachable = unreachable_models(catalog, pool)
+    if loaded.router is not None:
+        warning = check_router(loaded.uri, loaded.router.models_, catalog, unreachable)  # raises when none can be reached
+        if warning:
+            log.warning(warning)
+    store = (store or open_store(config.resolved_store_url, synchronous=config.store_synchronous)).open()
 
     def breaker_changed(model: str, state: str) -> None:
         metrics.breaker_transitions.labels(model, state).inc()
@@ -149,14 +178,16 @@ def build_services(
         default_profile=config.default_profile,
         explore_epsilon=config.explore_epsilon,
         rng=random.Random(config.explore_seed),
+        unreachable=unreachable,
+        on_unmet_limit=config.on_unmet_limit,
     )
-    return Services(
+    services = Services(
         config=config,
         catalog=catalog,
         routers=holder,
         routing=routing,
         decisions=DecisionBatcher(routing.decide_many, observe_batch=metrics.decision_batch.observe),
-        watcher=RegistryWatcher(holder, config.reload_interval_s),
+        watcher=RegistryWatcher(holder, config.reload_interval_s) if loaded.router is not None else None,
         pool=pool,
         dispatcher=Dispatcher(
             catalog, pool, metrics=metrics, default_max_tokens=config.default_max_tokens, max_attempts=config.max_attempts,
@@ -174,6 +205,7 @@ def build_services(
         store=store,
         metrics=metrics,
         client_keys=config.client_keys(),
-        secrets=secrets,
         tracing=Tracing.from_config(config.otel_endpoint, provider=tracer_provider),
     )
+    services.register_secrets()
+    return services

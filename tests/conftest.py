@@ -35,3 +35,35 @@ def thrifty_home(tmp_path, monkeypatch):
     get_settings.cache_clear()
     yield home
     get_settings.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A PostgreSQL server: scripts/test.sh's (THRIFTY_TEST_POSTGRES_URL), else one started here for the session."""
+    from tests.postgres_server import URL_ENV, PostgresServer, start
+
+    url = os.environ.get(URL_ENV)
+    if url:
+        yield PostgresServer.from_url(url)
+        return
+    server = start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server) -> str:
+    """A new empty PostgreSQL database for one test."""
+    import uuid
+
+    return postgres_server.create_database(f"t_{uuid.uuid4().hex[:16]}")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request, tmp_path) -> str:
+    """An outcome store that does not exist yet, on each backend: a SQLite file, or an empty PostgreSQL database."""
+    if request.param == "sqlite":
+        return str(tmp_path / "outcomes.db")
+    return request.getfixturevalue("postgres_url")

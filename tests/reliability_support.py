@@ -69,16 +69,18 @@ class ServeProcess:
 
 @contextmanager
 def serve_process(config_path: Path, *, upstream_keys: tuple[str, str], home: Path, log_level: str = "info",
-                  startup_s: float = 60.0) -> Iterator[ServeProcess]:
+                  startup_s: float = 60.0, extra_args: tuple[str, ...] = (),
+                  env: dict[str, str] | None = None) -> Iterator[ServeProcess]:
     port = free_port()
     log_path = config_path.parent / f"serve-{port}.log"
-    env = {**os.environ, OPENAI_KEY_ENV: upstream_keys[0], ANTHROPIC_KEY_ENV: upstream_keys[1], "THRIFTY_HOME": str(home)}
-    env.pop("MLFLOW_TRACKING_URI", None)
+    full_env = {**os.environ, OPENAI_KEY_ENV: upstream_keys[0], ANTHROPIC_KEY_ENV: upstream_keys[1], "THRIFTY_HOME": str(home)}
+    full_env.pop("MLFLOW_TRACKING_URI", None)
+    full_env.update(env or {})
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "thrifty.cli", "serve", "--config", str(config_path), "--port", str(port),
-             "--log-level", log_level],
-            env=env, stdout=log, stderr=subprocess.STDOUT,
+             "--log-level", log_level, *extra_args],
+            env=full_env, stdout=log, stderr=subprocess.STDOUT,
         )
     server = ServeProcess(proc, f"http://127.0.0.1:{port}", log_path)
     try:
@@ -96,9 +98,24 @@ def serve_process(config_path: Path, *, upstream_keys: tuple[str, str], home: Pa
             time.sleep(0.1)
         yield server
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
+        import psutil
+
+        try:  # worker processes of --workers N too: none may outlive the test
+            children = psutil.Process(proc.pid).children(recursive=True)
+        except psutil.Error:
+            children = []
+        if proc.poll() is None:  # still running (the test failed): a graceful stop first, so it cleans up
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
+        for child in children:
+            try:
+                child.kill()
+            except psutil.Error:
+                pass
 
 
 @dataclass
@@ -184,15 +201,21 @@ def run_load(url: str, client_key: str, *, requests: int, concurrency: int = 8, 
                              stop_after_error=stop_after_error, results=results))
 
 
-def stored_decisions(store_path: Path) -> dict[str, dict]:
-    """Every decision row of a store file (opened fresh: the WAL is replayed as SQLite opens it)."""
-    conn = sqlite3.connect(store_path)
-    conn.row_factory = sqlite3.Row
-    try:
-        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-        return {r["decision_id"]: dict(r) for r in conn.execute("SELECT * FROM decisions")}
-    finally:
-        conn.close()
+def stored_decisions(store_url: str | Path) -> dict[str, dict]:
+    """Every decision row of a store, read by a new reader (a SQLite file is integrity-checked first)."""
+    from models.store import open_store, url_scheme
+
+    if url_scheme(str(store_url)) == "sqlite":
+        conn = sqlite3.connect(store_url)  # opened fresh: the WAL is replayed as SQLite opens it
+        try:
+            assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        finally:
+            conn.close()
+    with open_store(store_url, create=False) as store:
+        rows = store.joined(include_unlabeled=True, statuses=None)
+    by_id = {r["decision_id"]: r for r in rows}
+    assert len(by_id) == len(rows)  # one row per decision: nothing stored twice
+    return by_id
 
 
 # -- one request through an SDK, and its record ------------------------------------------------------

@@ -72,8 +72,10 @@ def catalog_entries(fake_url: str) -> list[dict]:
     return entries
 
 
-def fit_test_router(path: Path) -> Path:
-    """A small router: hard prompts ("prove ...") succeed only on the large models."""
+def fit_test_router(path: Path, names: list[str] = MODELS, prices: dict | None = None) -> Path:
+    """A small router: hard prompts ("prove ...") succeed only on the large models.
+
+    ``names`` renames the four models (cheap, cheap, dear, dearer), ``prices`` prices them by name."""
     from models.prices import Price, PriceTable
     from router import LogisticSuccess, Router, TextFeaturizer
     from router.persist import save_router
@@ -89,9 +91,9 @@ def fit_test_router(path: Path) -> Path:
         texts.append(framing.format(q=question, i=i))
         S.append([0.0, 0.0, 1.0, 1.0] if hard else [1.0, 1.0, 1.0, 1.0])
         T.append([40.0, 40.0, 300.0, 300.0] if hard else [20.0, 20.0, 25.0, 25.0])
-    prices = PriceTable({m: Price(*PRICES[m]) for m in MODELS})
+    prices = PriceTable({m: Price(*(prices or PRICES)[m]) for m in names})
     router = Router(featurizer=TextFeaturizer(n_components=8), success=LogisticSuccess())
-    router.fit(texts, np.array(S), np.array(T), MODELS, prices)
+    router.fit(texts, np.array(S), np.array(T), names, prices)
     return save_router(router, path)
 
 
@@ -123,7 +125,7 @@ def make_config(tmp: Path, fake_url: str, router_path: Path, **overrides):
         catalog=[catalog_path],
         include_default_catalog=False,
         profiles_dir=profiles_dir,
-        store_path=tmp / "outcomes.db",
+        store_url=str(tmp / "outcomes.db"),
         api_keys={"tests": CLIENT_KEY, "other": OTHER_CLIENT_KEY},
         upstreams={"openai": {"api_key": OPENAI_UPSTREAM_KEY}, "anthropic": {"api_key": ANTHROPIC_UPSTREAM_KEY}},
         store_responses=True,
@@ -163,7 +165,7 @@ def thrifty(fake_server, router_path, tmp_path_factory) -> Thrifty:
     config = make_config(tmp, fake_url, router_path, max_body_bytes=200_000)
     app = create_app(config)
     server = ThreadedServer(app).start()
-    yield Thrifty(server.url, config.resolved_store_path, config, app)
+    yield Thrifty(server.url, Path(config.resolved_store_url), config, app)
     server.stop()
 
 

@@ -11,7 +11,7 @@ from models.catalog import Catalog, _spec_from_entry
 from router.persist import load_router
 from router.profiles import Profile
 from serving.batching import DecisionBatcher
-from serving.errors import InvalidRequest, UnknownModel
+from serving.errors import InvalidRequest, LimitUnmet, UnknownModel
 from serving.routing import Constraints, LoadedRouter, RouterHolder, Routing
 from tests.serving_fixtures import EASY, HARD, MODELS, catalog_entries, fit_test_router
 
@@ -36,7 +36,8 @@ def _requests():
         Constraints(min_quality=0.8),
         Constraints(max_cost=1e-6),
         Constraints(allowed_models=("claude-large", "oai-mini")),  # an order of the caller's own
-        Constraints(min_quality=0.9, max_cost=1e-7),  # nothing qualifies: fallback
+        Constraints(min_quality=0.9, max_cost=1e-7),  # nothing qualifies: refused (400, in its place)
+        Constraints(min_quality=0.9, max_cost=1e-7, on_unmet_limit="degrade"),  # nothing qualifies: the cheapest
     ]
     requests = []
     for i, text in enumerate(prompts * 2):
@@ -75,10 +76,11 @@ def test_a_batch_decides_each_request_as_decide_would(routing):
             kinds.add(type(exc))
             continue
         _same(got, expected)
-    assert kinds == {UnknownModel, InvalidRequest}
+    assert kinds == {UnknownModel, InvalidRequest, LimitUnmet}
     chosen = {d.model for d in batched if not isinstance(d, Exception)}
     assert len(chosen) >= 3  # the batch really mixes decisions
     assert any(d.fallback for d in batched if not isinstance(d, Exception))
+    assert any(d.extra.get("limit_unmet") == "max_cost" for d in batched if not isinstance(d, Exception))
 
 
 def test_allowed_models_keep_the_callers_order_in_a_batch(routing):

@@ -12,6 +12,7 @@ import httpx
 import openai
 import pytest
 
+from models.store import url_scheme
 from serving.budgets import INPUT_TOKEN_MARGIN, max_request_cost, period_bounds, prompt_tokens
 from tests.fakes.server import serve_in_thread
 from tests.serving_fixtures import (  # noqa: F401  (fixtures)
@@ -61,12 +62,12 @@ def test_maximum_cost_covers_the_dearest_candidate_and_every_attempt(fake_server
 
 
 @pytest.fixture
-def budgeted(fake, fake_server, router_path, tmp_path):
-    """A thrifty whose client "tests" may spend $0.10 a day (client "other" has no budget)."""
+def budgeted(fake, fake_server, router_path, tmp_path, store_url):
+    """A thrifty whose client "tests" may spend $0.10 a day (client "other" has no budget), on each store backend."""
     from serving.app import create_app
 
     def start():
-        config = make_config(tmp_path, fake_server[1], router_path,
+        config = make_config(tmp_path, fake_server[1], router_path, store_url=store_url,
                              budgets={"tests": {"amount_usd": LIMIT, "period": "day"}})
         app = create_app(config)
         return app, serve_in_thread(app)
@@ -78,7 +79,7 @@ def chat(model: str = "oai-large") -> dict:
     return {"model": model, "max_tokens": MAX_TOKENS, "messages": [{"role": "user", "content": EASY}]}
 
 
-def test_budget_holds_under_50_concurrent_requests_and_survives_a_restart(fake, budgeted, tmp_path):
+def test_budget_holds_under_50_concurrent_requests_and_survives_a_restart(fake, budgeted, store_url):
     # every answer uses its whole output limit, slowly: 50 requests are in flight at once
     fake.configure(UPSTREAM["oai-large"], output_tokens=MAX_TOKENS, delay_before_headers=0.5)
     app, server_cm = budgeted()
@@ -111,7 +112,7 @@ def test_budget_holds_under_50_concurrent_requests_and_survives_a_restart(fake, 
         rows = [services.store.decision(r.headers["x-thrifty-decision-id"]) for r in refused]
         assert all(row["status"] == "error" and row["error_kind"] == "budget" and row["http_status"] == 429 for row in rows)
         assert 'thrifty_budget_rejections_total{client="tests"}' in httpx.get(f"{server.url}/metrics").text
-    print(f"\nBUDGET 50 concurrent: admitted={len(ok)} refused={len(refused)} spent=${spent:.6f} limit=${LIMIT} "
+    print(f"\nBUDGET 50 concurrent [{url_scheme(store_url)}]: admitted={len(ok)} refused={len(refused)} spent=${spent:.6f} limit=${LIMIT} "
           f"max_per_request=${one_max:.6f}")
 
     # a restart keeps the spend: the next request does not fit any more
@@ -147,10 +148,10 @@ def test_a_request_dearer_than_the_whole_budget_is_refused_with_a_clear_message(
     assert "exceeds the whole budget" in body["error"]["message"] and fake.count() == 0
 
 
-def test_the_budget_resets_with_its_period(fake, fake_server, router_path, tmp_path):
+def test_the_budget_resets_with_its_period(fake, fake_server, router_path, tmp_path, store_url):
     from serving.app import create_app
 
-    config = make_config(tmp_path, fake_server[1], router_path, max_attempts=1,
+    config = make_config(tmp_path, fake_server[1], router_path, max_attempts=1, store_url=store_url,
                          budgets={"*": {"amount_usd": 0.02, "period": 2.0}})
     fake.configure(UPSTREAM["oai-large"], output_tokens=MAX_TOKENS)
     with serve_in_thread(create_app(config)) as server, \

@@ -106,9 +106,9 @@ def test_replay_tune_and_promote_print_one_object_each(logs, thrifty_home, tmp_p
 def test_logs_export_prints_one_object(tmp_path):
     import asyncio
 
-    from serving.store import DecisionRecord, OutcomeStore
+    from models.store import DecisionRecord, open_store
 
-    store = OutcomeStore(tmp_path / "outcomes.db").open()
+    store = open_store(str(tmp_path / "outcomes.db"))
 
     async def write():
         for k in range(3):

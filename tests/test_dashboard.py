@@ -146,7 +146,7 @@ def test_the_dashboard_shows_the_stores_numbers_after_a_browser_sign_in(served, 
     from selenium.webdriver.common.by import By
 
     url, services, config, started, ended = served
-    expected = expected_figures(config.resolved_store_path)
+    expected = expected_figures(config.resolved_store_url)
     assert expected["requests"] == 14 and expected["failovers"] >= 1 and 0 < expected["rated"] < 14
 
     browser.delete_all_cookies()
@@ -173,7 +173,7 @@ def test_the_dashboard_shows_the_stores_numbers_after_a_browser_sign_in(served, 
 
     # a chosen baseline: the counterfactual changes accordingly
     browser.get(f"{url}/dashboard?since={started - 60}&until={ended}&baseline=oai-large")
-    assert_same(figures(browser), expected_figures(config.resolved_store_path, "oai-large"))
+    assert_same(figures(browser), expected_figures(config.resolved_store_url, "oai-large"))
 
 
 def test_a_period_without_traffic_says_so_and_a_failure_is_an_error_not_a_blank_page(served, browser):
@@ -194,13 +194,17 @@ def test_a_period_without_traffic_says_so_and_a_failure_is_an_error_not_a_blank_
     browser.get(f"{url}/dashboard?since=yesterday")
     assert "since must be a date" in browser.find_element(By.ID, "error").text
 
-    store_path = services.store.path
-    services.store.path = Path("/nonexistent-dir/outcomes.db")  # the store cannot be read
+    from models.store import StoreUnavailableError
+
+    def unreadable(**kw):
+        raise StoreUnavailableError("the store went away")
+
+    services.store.joined = unreadable  # the store cannot be read (an instance attribute shadows the method)
     try:
         browser.get(f"{url}/dashboard?days=1")
         assert "reading the outcome store failed" in browser.find_element(By.ID, "error").text
     finally:
-        services.store.path = store_path
+        del services.store.joined
 
 
 def test_only_valid_admin_keys_reach_the_dashboard(served):
@@ -233,7 +237,7 @@ def test_thrifty_report_renders_the_same_numbers_from_an_exported_log(served, br
     url, services, config, started, ended = served
     exported = tmp_path / "served.parquet"
     runner = CliRunner()
-    result = runner.invoke(main, ["logs", "export", "--store", str(config.resolved_store_path), "--out", str(exported),
+    result = runner.invoke(main, ["logs", "export", "--store", str(config.resolved_store_url), "--out", str(exported),
                                   "--include-unlabeled"])
     assert result.exit_code == 0, result.output
     catalog = config.catalog[0]
@@ -241,7 +245,7 @@ def test_thrifty_report_renders_the_same_numbers_from_an_exported_log(served, br
     result = runner.invoke(main, ["report", "--html", str(page), "--logs", str(exported), "--catalog", str(catalog), "--json"])
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
-    expected = expected_figures(config.resolved_store_path)
+    expected = expected_figures(config.resolved_store_url)
     assert summary["baseline"] == expected["baseline"] and summary["requests"] == 14
     assert summary["spend"] == pytest.approx(expected["spend"]) and summary["counterfactual"] == pytest.approx(expected["counterfactual"])
     browser.get(page.as_uri())

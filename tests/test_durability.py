@@ -1,8 +1,8 @@
 """Durable logs: requests answered == records stored, with thrifty as a real process.
 
-Three runs of ``thrifty serve`` (SQLite WAL store, ``synchronous=NORMAL``, the
-default) under a bounded load of both formats, JSON and SSE, against the fake
-provider:
+Three runs of ``thrifty serve`` under a bounded load of both formats, JSON and
+SSE, against the fake provider, each on both store backends (SQLite in WAL
+mode with ``synchronous=NORMAL``, the default; and PostgreSQL):
 
 * a 5xx storm: every upstream fails 35% of its calls; fail-over answers most
   requests, the rest get a proper 5xx; every response has its record;
@@ -12,7 +12,8 @@ provider:
 * kill -9 mid-load: no drain at all; every request whose complete answer
   reached the client has its record in the file (the record is committed
   before the last byte of the answer is sent; WAL with synchronous=NORMAL
-  survives a process kill).
+  survives a process kill, and PostgreSQL rolls back what the dead process
+  left uncommitted).
 
 Each test prints its counts (``pytest -s``).
 """
@@ -25,6 +26,7 @@ import time
 
 import pytest
 
+from models.store import url_scheme
 from tests.reliability_support import run_load, serve_process, stored_decisions, write_serve_config
 from tests.serving_fixtures import (  # noqa: F401  (fixtures)
     ANTHROPIC_UPSTREAM_KEY,
@@ -39,9 +41,9 @@ CLIENT = "thr-durability-client-0001"
 
 
 @pytest.fixture
-def start(fake, fake_server, router_path, tmp_path):
+def start(fake, fake_server, router_path, tmp_path, store_url):
     def start(**overrides):
-        config = write_serve_config(tmp_path, fake_server[1], router_path, client_key=CLIENT, **overrides)
+        config = write_serve_config(tmp_path, fake_server[1], router_path, client_key=CLIENT, store_url=store_url, **overrides)
         return serve_process(config, upstream_keys=(OPENAI_UPSTREAM_KEY, ANTHROPIC_UPSTREAM_KEY), home=tmp_path / "home")
 
     return start
@@ -74,14 +76,14 @@ def signal_under_load(server, sig) -> tuple[list, threading.Thread]:
     return results, thread
 
 
-def test_5xx_storm_every_response_has_its_record(fake, start, tmp_path):
+def test_5xx_storm_every_response_has_its_record(fake, start, store_url):
     for upstream in UPSTREAM.values():
         fake.configure(upstream, status=500, fail_rate=0.35)
     with start() as server:
         results = run_load(server.url, CLIENT, requests=160, concurrency=8)
         server.proc.send_signal(signal.SIGTERM)
         assert server.proc.wait(timeout=30) in (0, -signal.SIGTERM)
-    rows = stored_decisions(tmp_path / "outcomes.db")
+    rows = stored_decisions(store_url)
 
     answered = [r for r in results if r.decision_id is not None]
     complete = [r for r in answered if r.complete]
@@ -91,11 +93,11 @@ def test_5xx_storm_every_response_has_its_record(fake, start, tmp_path):
     assert {r.status for r in answered} <= {200, 502, 503}  # a 5xx only when every attempt failed
     calls = fake.count()
     assert calls > len(results) and len(complete) > 0.8 * len(results)  # fail-over absorbed most failures
-    print(f"\nDURABILITY 5xx-storm: requests={len(results)} answered={len(answered)} (200={len(complete)}, "
+    print(f"\nDURABILITY 5xx-storm [{url_scheme(store_url)}]: requests={len(results)} answered={len(answered)} (200={len(complete)}, "
           f"5xx={len(answered) - len(complete)}) stored={len(rows)} upstream_calls={calls}")
 
 
-def test_sigterm_drains_in_flight_requests_and_keeps_every_record(fake, start, tmp_path):
+def test_sigterm_drains_in_flight_requests_and_keeps_every_record(fake, start, store_url):
     slow_upstreams(fake)
     with start() as server:
         results, thread = signal_under_load(server, signal.SIGTERM)
@@ -105,7 +107,7 @@ def test_sigterm_drains_in_flight_requests_and_keeps_every_record(fake, start, t
     # uvicorn drains, runs the app's shutdown (the store writes what is queued), then re-raises the signal
     assert code in (0, -signal.SIGTERM) and not thread.is_alive()
     assert "Waiting for application shutdown" in log and "Application shutdown complete" in log
-    rows = stored_decisions(tmp_path / "outcomes.db")
+    rows = stored_decisions(store_url)
 
     answered = [r for r in results if r.decision_id is not None]
     refused = [r for r in results if r.decision_id is None]
@@ -113,23 +115,23 @@ def test_sigterm_drains_in_flight_requests_and_keeps_every_record(fake, start, t
     assert all(r.error in ("ConnectError", "RemoteProtocolError", "ReadError") for r in refused)
     assert len(rows) == len(answered) and set(rows) == {r.decision_id for r in answered}
     assert all(row["status"] == "ok" for row in rows.values())
-    print(f"\nDURABILITY SIGTERM: requests={len(results)} answered={len(answered)} stored={len(rows)} "
+    print(f"\nDURABILITY SIGTERM [{url_scheme(store_url)}]: requests={len(results)} answered={len(answered)} stored={len(rows)} "
           f"refused_after_signal={len(refused)}")
 
 
-def test_kill_9_keeps_the_record_of_every_answered_request(fake, start, tmp_path):
+def test_kill_9_keeps_the_record_of_every_answered_request(fake, start, store_url):
     slow_upstreams(fake)
     with start() as server:
         results, thread = signal_under_load(server, signal.SIGKILL)
         server.proc.wait(timeout=30)
         thread.join(timeout=60)
     assert not thread.is_alive()
-    rows = stored_decisions(tmp_path / "outcomes.db")
+    rows = stored_decisions(store_url)
 
     answered = {r.decision_id for r in results if r.complete}
     cut = [r for r in results if r.decision_id is not None and not r.complete]
     assert answered and answered <= set(rows)
     assert all(rows[d]["status"] == "ok" for d in answered)
-    print(f"\nDURABILITY kill-9: requests={len(results)} answered={len(answered)} stored={len(rows)} "
+    print(f"\nDURABILITY kill-9 [{url_scheme(store_url)}]: requests={len(results)} answered={len(answered)} stored={len(rows)} "
           f"answered_and_stored={len(answered & set(rows))} cut_mid_response={len(cut)} "
           f"stored_but_not_delivered={len(set(rows) - answered)}")

@@ -189,7 +189,7 @@ def test_cli_fetch_then_train_on_the_download(file_server, thrifty_home, tmp_pat
     assert path == str(thrifty_home / "cache" / "routerbench" / "routerbench.parquet")
     trained = runner.invoke(main, ["train", "--logs", path, "--predictor", "logistic"], catch_exceptions=False)
     assert trained.exit_code == 0, trained.output
-    assert "served policy:" in trained.output and "models:/thrifty@champion" in trained.output
+    assert "served default:" in trained.output and "models:/thrifty@champion" in trained.output
     assert str(MlflowClient().get_model_version_by_alias("thrifty", "champion").version) == "1"
 
 

@@ -7,7 +7,6 @@
 * the raw SSE parser against the openai SDK's own decoder, on random splits of a stream;
 * the request-body JSON parser accepts exactly what ``json.loads`` accepts;
 * the idle timer of streams behaves as ``asyncio.timeout`` around each wait;
-* the store's group commit: a failing record does not take the others with it;
 * passthrough: the upstream's bytes reach the client unchanged when nothing in them must change;
 * start-up warm-up, and the access log off by default.
 """
@@ -146,7 +145,7 @@ def _ref_route(router, text, prices, policy=None, *, allowed=None, min_quality=N
         for j in order
     )
     return Decision(model=s.models[chosen], candidates=candidates, policy=policy.name, knob=float(policy.knob),
-                    fallback=fallback or bool(fb[0]), router_version=version)
+                    fallback=fallback or bool(fb[0]), router_version=version, novelty=float(s.novelty[0]))
 
 
 # -- corpora and routers ---------------------------------------------------------------------------
@@ -324,31 +323,6 @@ def test_idle_timer_lets_an_outside_cancellation_through():
     asyncio.run(main())
 
 
-# -- the store's group commit -----------------------------------------------------------------------
-def test_group_commit_isolates_a_failing_record(tmp_path):
-    from serving.store import DecisionRecord, OutcomeStore
-
-    store = OutcomeStore(tmp_path / "s.db").open()
-
-    def record(i, bad=False):
-        candidates = [{"model": "m", "p": object() if bad else 0.5}]
-        return DecisionRecord(decision_id=f"d{i}", ts=time.time(), endpoint="/e", requested_model="r",
-                              candidates=candidates, chosen_model="m", propensity=1.0, status="ok")
-
-    async def main():
-        return await asyncio.gather(*(store.write(record(i, bad=i == 7)) for i in range(40)), return_exceptions=True)
-
-    try:
-        results = asyncio.run(main())
-        assert [i for i, r in enumerate(results) if r is not None] == [7]
-        assert isinstance(results[7], TypeError)
-        assert all(store.decision(f"d{i}") is not None for i in range(40) if i != 7)
-        assert store.decision("d7") is None
-        assert store.submit(record(99)).result(timeout=10) is None and store.decision("d99") is not None
-    finally:
-        store.close()
-
-
 # -- passthrough bytes --------------------------------------------------------------------------
 def test_passthrough_forwards_the_upstream_bytes_unchanged(fake, fake_server):
     from serving.dispatch import Dispatcher
@@ -405,7 +379,8 @@ def test_access_log_is_off_by_default_and_configurable(monkeypatch, tmp_path):
     assert ServingConfig().access_log is False
     calls = []
     monkeypatch.setattr(uvicorn, "run", lambda *a, **kw: calls.append(kw))
-    monkeypatch.setattr("serving.app.create_app", lambda config: object())
+    monkeypatch.setattr("serving.app.create_app", lambda config, **parts: object())
+    monkeypatch.setattr("serving.services.preflight", lambda config: (None, None))  # no router to check here
     config = tmp_path / "c.yaml"
     config.write_text("router_uri: r.joblib\n")
     for args, expected in (([], False), (["--access-log"], True)):

@@ -47,7 +47,7 @@ def synthetic_replay(tmp_path_factory):
 
 def test_outputs_are_written(synthetic_replay):
     _, result, paths = synthetic_replay
-    for key in ("metrics", "curve", "decisions", "plot", "meta"):
+    for key in ("metrics", "curve", "decisions", "plot", "meta", "calibration"):
         assert paths[key].exists() and paths[key].stat().st_size > 0, key
     curve = pd.read_csv(paths["curve"])
     assert list(curve.columns) == ["router", "knob", "cost", "quality"]
@@ -60,8 +60,15 @@ def test_outputs_are_written(synthetic_replay):
     assert any(entry["cost_to_best"] is None for entry in metrics.values())  # a quality never reached
     for name in ("small", "medium", "large", BEST_FIXED, RANDOM, ORACLE, TASK_PRIOR, "knn/tradeoff", "logistic/threshold", "lightgbm/tradeoff", "lightgbm/served"):
         assert name in metrics, name
-        for key in ("success_rate", "input_tokens", "output_tokens", "usd_per_request", "usd_per_success", "aiq", "gap_closed", "cost_to_best", "cost_to_95"):
+        for key in ("success_rate", "input_tokens", "output_tokens", "usd_per_request", "usd_per_success", "aiq", "gap_closed", "cost_to_best", "cost_to_95",
+                    "success_vs_best", "cost_vs_best"):
             assert key in metrics[name], (name, key)
+    best = result.reference.best_model
+    assert metrics[best]["success_vs_best"] == 1.0 and metrics[best]["cost_vs_best"] == 1.0
+    served = metrics[result.meta["served_default"]]
+    assert served["success_vs_best"] == pytest.approx(served["success_rate"] / metrics[best]["success_rate"])
+    assert served["cost_vs_best"] == pytest.approx(served["usd_per_request"] / metrics[best]["usd_per_request"])
+    assert result.meta["served_default"] == "ensemble/served" and result.meta["certificates"]["ensemble"]["confidence"] == 0.9
 
 
 def test_independent_recomputation_from_decisions_and_logs(synthetic_replay):
@@ -182,3 +189,12 @@ def test_replay_cli_rejects_a_missing_task(tmp_path, thrifty_home):
     result = CliRunner().invoke(replay, ["--logs", str(logs), "--prices", prices_csv(tmp_path / "p.csv"), "--task-holdout", "nope", "--out", str(tmp_path / "o"), "--no-mlflow"])
     assert result.exit_code != 0
     assert "no such task" in result.output
+
+
+def test_palette_stays_distinct_for_many_models():
+    from training.plots import palette
+
+    styles = palette(42)
+    assert len({c for c, _, _ in styles}) == 42  # 42 different colours
+    assert len(set(palette(130))) == 130  # beyond 60 colours, marker and line style keep series apart
+    assert len({c for c, _, _ in palette(8)}) == 8

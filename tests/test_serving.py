@@ -304,12 +304,71 @@ def test_feedback_attaches_to_a_decision(fake, thrifty, http, openai_client):
     assert [(f["success"], f["source"]) for f in feedback] == [(1.0, "test"), (0.25, "judge")]
 
 
+@pytest.mark.parametrize("success, stored_as", [(True, 1.0), (False, 0.0), (1, 1.0), (0, 0.0), (0.5, 0.5), (0.25, 0.25)])
+def test_feedback_accepts_booleans_and_numbers_in_the_unit_interval(success, stored_as, fake, thrifty, http, openai_client):
+    raw = openai_client.chat.completions.with_raw_response.create(model="thrifty", messages=[{"role": "user", "content": EASY}])
+    decision_id = raw.headers["x-thrifty-decision-id"]
+    response = http.post("/v1/feedback", json={"decision_id": decision_id, "success": success})
+    assert response.status_code == 200, response.text
+    assert response.json()["success"] == stored_as
+    assert [f["success"] for f in stored(thrifty, decision_id)["feedback"]] == [stored_as]
+
+
+def test_feedback_refuses_infinite_and_nan_numbers(fake, http):
+    for raw in (b'{"decision_id": "dec_x", "success": true, "score_raw": 1e999}',
+                b'{"decision_id": "dec_x", "success": NaN}', b'{"decision_id": "dec_x", "score": Infinity}'):
+        response = http.post("/v1/feedback", content=raw, headers={"content-type": "application/json"})
+        assert response.status_code == 400 and response.json()["error"]["param"] in ("score_raw", "success", "score")
+
+
+def test_feedback_on_a_decision_no_model_answered_is_a_clear_409(fake, thrifty, http):
+    routed = http.post("/v1/route", json={"prompt": EASY}).json()["decision_id"]
+    response = http.post("/v1/feedback", json={"decision_id": routed, "success": True})
+    assert response.status_code == 409
+    error = response.json()["error"]
+    assert error["code"] == "decision_not_answered" and "/v1/route" in error["message"] and error["param"] == "decision_id"
+    fake.configure(UPSTREAM["oai-large"], status=400)
+    failed = http.post("/v1/chat/completions", json={**GOOD_OPENAI, "model": "oai-large"})
+    assert failed.status_code == 400
+    response = http.post("/v1/feedback", json={"decision_id": failed.headers["x-thrifty-decision-id"], "success": 0})
+    assert response.status_code == 409 and "'error'" in response.json()["error"]["message"]
+    assert stored(thrifty, routed)["feedback"] == []
+
+
+def test_only_the_deciding_client_or_an_admin_may_give_feedback(fake, fake_server, router_path, tmp_path):
+    """Another client's decision is answered exactly as an unknown id; an admin client may rate any decision."""
+    from serving.app import create_app
+    from tests.fakes.server import serve_in_thread
+
+    keys = {"alice": "thr-alice-key-000001", "bob": "thr-bob-key-0000002", "ops": "thr-ops-admin-key-03"}
+    config = make_config(tmp_path, fake_server[1], router_path, api_keys=keys, admin_keys=["ops"])
+    with serve_in_thread(create_app(config)) as server:
+        def post(client: str, path: str, body: dict) -> httpx.Response:
+            return httpx.post(f"{server.url}{path}", json=body, headers={"authorization": f"Bearer {keys[client]}"}, timeout=20)
+
+        made = post("alice", "/v1/chat/completions", GOOD_OPENAI)
+        decision_id = made.headers["x-thrifty-decision-id"]
+        foreign = post("bob", "/v1/feedback", {"decision_id": decision_id, "success": 1})
+        unknown = post("bob", "/v1/feedback", {"decision_id": "dec_does_not_exist", "success": 1})
+        assert foreign.status_code == unknown.status_code == 404
+        assert foreign.json() == json.loads(unknown.text.replace("dec_does_not_exist", decision_id))  # indistinguishable
+        assert post("alice", "/v1/feedback", {"decision_id": decision_id, "success": 1}).status_code == 200
+        assert post("ops", "/v1/feedback", {"decision_id": decision_id, "score": 0.5, "source": "review"}).status_code == 200
+    from models.store import open_store
+
+    with open_store(config.resolved_store_url, create=False) as store:
+        feedback = store.decision(decision_id)["feedback"]
+    assert [(f["success"], f["source"]) for f in feedback] == [(1.0, "user"), (0.5, "review")]
+
+
 @pytest.mark.parametrize("payload, status", [
     ({"decision_id": "dec_unknown", "success": 1}, 404),
     ({"decision_id": "DECISION", "score": 1.5}, 400),
     ({"decision_id": "DECISION", "score": -0.1}, 400),
-    ({"decision_id": "DECISION", "success": 0.5}, 400),
+    ({"decision_id": "DECISION", "success": 1.5}, 400),
+    ({"decision_id": "DECISION", "success": -1}, 400),
     ({"decision_id": "DECISION", "success": 1, "score": 1}, 400),
+    ({"decision_id": "DECISION", "success": True, "source": "s" * 201}, 400),
     ({"decision_id": "DECISION"}, 400),
     ({"decision_id": "DECISION", "success": "yes"}, 400),
     ({"success": 1}, 400),
@@ -319,7 +378,7 @@ def test_bad_feedback_is_refused(payload, status, fake, http, openai_client):
     if payload.get("decision_id") == "DECISION":
         payload = {**payload, "decision_id": raw.headers["x-thrifty-decision-id"]}
     response = http.post("/v1/feedback", json=payload)
-    assert response.status_code == status
+    assert response.status_code == status, response.text
     assert response.json()["error"]["message"]
 
 

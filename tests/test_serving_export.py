@@ -36,11 +36,11 @@ HARD_QUESTIONS = ["prove that sqrt 2 is irrational", "prove the triangle inequal
 
 
 @pytest.fixture
-def fresh_thrifty(fake_server, router_path, tmp_path):
-    """A thrifty of its own, with an empty store."""
+def fresh_thrifty(fake_server, router_path, tmp_path, store_url):
+    """A thrifty of its own, with an empty store (on each backend)."""
     from serving.app import create_app
 
-    config = make_config(tmp_path, fake_server[1], router_path, redact_prompts=False)
+    config = make_config(tmp_path, fake_server[1], router_path, redact_prompts=False, store_url=store_url)
     with serve_in_thread(create_app(config)) as server:
         yield server.url, config
 
@@ -72,7 +72,7 @@ def serve_traffic(url: str) -> list[tuple[str, str, bool]]:
     return served
 
 
-def test_serve_feedback_export_train_round_trip(fake, fresh_thrifty, tmp_path):
+def test_serve_feedback_export_train_round_trip(fake, fresh_thrifty, tmp_path, thrifty_home):
     url, config = fresh_thrifty
     served = serve_traffic(url)
     labeled = served[:-4]  # the last few get no feedback
@@ -89,7 +89,7 @@ def test_serve_feedback_export_train_round_trip(fake, fresh_thrifty, tmp_path):
     from serving.cli import logs
 
     out = tmp_path / "served.parquet"
-    result = CliRunner().invoke(logs, ["export", "--store", str(config.resolved_store_path), "--out", str(out)])
+    result = CliRunner().invoke(logs, ["export", "--store", config.resolved_store_url, "--out", str(out)])
     assert result.exit_code == 0, result.output
     frame = pd.read_parquet(out)
 
@@ -112,10 +112,21 @@ def test_serve_feedback_export_train_round_trip(fake, fresh_thrifty, tmp_path):
     # unlabeled rows on request, in other formats
     for suffix, reader in ((".jsonl", lambda p: pd.read_json(p, lines=True)), (".csv", pd.read_csv)):
         path = tmp_path / f"all{suffix}"
-        result = CliRunner().invoke(logs, ["export", "--store", str(config.resolved_store_path), "--out", str(path), "--include-unlabeled"])
+        result = CliRunner().invoke(logs, ["export", "--store", config.resolved_store_url, "--out", str(path), "--include-unlabeled"])
         assert result.exit_code == 0, result.output
         everything = reader(path)
         assert len(everything) == len(served) and everything["success"].isna().sum() == len(served) - len(labeled)
+
+    # thrifty retrain reads the same store through its interface, in process
+    from mlflow import MlflowClient
+
+    from thrifty.cli import main
+
+    result = CliRunner().invoke(main, ["retrain", "--store", config.resolved_store_url, "--name", "roundtrip",
+                                       "--predictor", "logistic", "--catalog", str(config.catalog[0]), "--test-size", "0.3"])
+    assert result.exit_code == 0, result.output
+    challenger = MlflowClient().get_model_version_by_alias("roundtrip", "challenger")
+    assert MlflowClient().get_run(challenger.run_id).data.params["rows"] == str(len(labeled))
 
     # train on the exported frame (wide: prompts x models, NaN where a model was not called)
     from models.prices import Price, PriceTable
@@ -133,15 +144,81 @@ def test_serve_feedback_export_train_round_trip(fake, fresh_thrifty, tmp_path):
 
 
 def test_export_refuses_unknown_formats_and_missing_store(tmp_path):
+    from models.store import open_store
     from serving.cli import logs
 
     result = CliRunner().invoke(logs, ["export", "--store", str(tmp_path / "none.db"), "--out", str(tmp_path / "x.parquet")])
     assert result.exit_code != 0 and "no outcome store" in result.output
-    from serving.store import OutcomeStore
-
-    OutcomeStore(tmp_path / "s.db").open().close()
+    assert not (tmp_path / "none.db").exists()  # a reader never creates a store
+    open_store(tmp_path / "s.db").close()
     result = CliRunner().invoke(logs, ["export", "--store", str(tmp_path / "s.db"), "--out", str(tmp_path / "x.xlsx")])
     assert result.exit_code != 0 and "unsupported output format" in result.output
+
+
+def _one_line_error(result) -> str:
+    assert result.exit_code == 1, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception  # no traceback
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
+    return lines[0]
+
+
+def test_a_store_that_is_not_a_store_is_one_clear_line(tmp_path, postgres_server, postgres_url):
+    """export and retrain: a file that is not a store, a directory, a missing file, an unreachable server, a typo."""
+    import psycopg
+
+    from thrifty.cli import main
+
+    text = tmp_path / "notes.txt"
+    text.write_text("not a database\n" * 100)
+    empty_db = tmp_path / "empty.db"
+    import sqlite3
+
+    sqlite3.connect(empty_db).execute("CREATE TABLE other (x)").connection.close()
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE unrelated (x int)")
+    dead = f"postgresql://thrifty:pw-SECRET@127.0.0.1:{_free_port()}/thrifty"
+    cases = {
+        "/etc/passwd": "/etc/passwd is not an outcome store",
+        str(text): "is not an outcome store",
+        str(empty_db): "is not an outcome store",
+        str(tmp_path): "is a directory, not an outcome store",
+        str(tmp_path / "missing.db"): "no outcome store at",
+        dead: "cannot connect to the outcome store postgresql://thrifty:***@127.0.0.1",
+        postgres_url: "holds no outcome store",
+        postgres_server.database_url("no_such_database"): 'database "no_such_database" does not exist',
+        "mysql://root@localhost/x": "no outcome-store backend for mysql:// URLs",
+        "sqlite://relative.db": "a SQLite store URL is sqlite:///relative/path.db",
+    }
+    before = text.read_bytes(), empty_db.read_bytes()
+    for store, expected in cases.items():
+        for args in (["logs", "export", "--store", store, "--out", str(tmp_path / "out.parquet")],
+                     ["retrain", "--store", store, "--predictor", "logistic"]):
+            line = _one_line_error(CliRunner().invoke(main, args))
+            assert expected in line, (args, line)
+            assert "pw-SECRET" not in line
+    assert (text.read_bytes(), empty_db.read_bytes()) == before  # nothing written into them
+    assert not (tmp_path / "missing.db").exists() and not (tmp_path / "out.parquet").exists()
+
+
+def test_the_store_is_chosen_by_store_url_or_its_environment_variable(tmp_path, monkeypatch, thrifty_home):
+    from serving.config import load_config
+
+    assert load_config().resolved_store_url == str(thrifty_home / "outcomes.db")
+    assert load_config(store_path=tmp_path / "old-name.db").resolved_store_url == str(tmp_path / "old-name.db")
+    monkeypatch.setenv("THRIFTY_SERVE_STORE_URL", "postgresql://thrifty@db:5432/thrifty")
+    assert load_config(store_path=tmp_path / "old-name.db").resolved_store_url == "postgresql://thrifty@db:5432/thrifty"
+
+
+def test_serve_refuses_a_store_it_cannot_use_in_one_line(tmp_path):
+    from serving.cli import serve
+
+    config = tmp_path / "thrifty.yaml"
+    for store, expected in (("/etc/passwd", "/etc/passwd is not an outcome store"),
+                            (f"postgresql://thrifty@127.0.0.1:{_free_port()}/x", "cannot connect to the outcome store")):
+        config.write_text(yaml.safe_dump({"store_url": store}))
+        line = _one_line_error(CliRunner().invoke(serve, ["--config", str(config)]))
+        assert expected in line
 
 
 def test_redacted_prompts_are_not_stored(fake, fake_server, router_path, tmp_path):

@@ -400,7 +400,7 @@ def test_thrifty_serve_under_opentelemetry_instrument_nests_its_spans_in_the_htt
 def test_a_cascade_stage_span_parents_the_attempts_made_inside_it():
     """The helper the serving cascades use: ``with trace.stage(k, model) as stage: ...; stage.set(accepted=...)``."""
     from models.catalog import ModelSpec
-    from serving.store import AttemptRecord, DecisionRecord
+    from models.store import AttemptRecord, DecisionRecord
     from serving.tracing import Tracing
 
     exporter = InMemorySpanExporter()

@@ -1,5 +1,7 @@
 """thrifty train: logs in, a registered router out, reloaded with identical decisions."""
 
+import json
+
 import pandas as pd
 import pytest
 from click.testing import CliRunner
@@ -21,9 +23,11 @@ def test_train_registers_champion_and_reload_is_identical(thrifty_home, tmp_path
     logs = tmp_path / "logs.parquet"
     synthetic_logs(240).to_parquet(logs)
     prices = prices_csv(tmp_path / "prices.csv")
-    result = _run("train", "--logs", str(logs), "--prices", prices, "--predictor", "logistic")
+    out = tmp_path / "out"
+    result = _run("train", "--logs", str(logs), "--prices", prices, "--predictor", "logistic", "--out", str(out))
     assert result.exit_code == 0, result.output
     assert "registered models:/thrifty/1 as models:/thrifty@champion" in result.output
+    assert "served default: " in result.output and "98% of the best single model's success" in result.output
     client = MlflowClient()
     version = client.get_model_version_by_alias("thrifty", "champion")
     assert str(version.version) == "1"
@@ -31,8 +35,18 @@ def test_train_registers_champion_and_reload_is_identical(thrifty_home, tmp_path
     assert len(run.data.params["data_sha256"]) == 64 and len(run.data.params["prices_sha256"]) == 64
     assert 0.5 < run.data.metrics["test/mean_auc"] <= 1.0
     assert any(k.startswith("test/large/brier") for k in run.data.metrics)
+    assert run.data.metrics["certificate/confidence"] == 0.9 and "certificate/expected_cost_vs_best" in run.data.metrics
     artifacts = {a.path for a in client.list_artifacts(version.run_id)}
-    assert {"calibration.png", "metrics.json", "prices.json"} <= artifacts
+    assert {"calibration.png", "metrics.json", "prices.json", "certificate.json"} <= artifacts
+    # the same outputs beside the run, where the command says they are
+    assert {p.name for p in out.iterdir()} == {"calibration.png", "metrics.json", "prices.json", "certificate.json"}
+    assert f"to {out}" in result.output
+    certificate = json.loads((out / "certificate.json").read_text())
+    assert certificate["confidence"] == 0.9 and certificate["relative"] == 0.98 and certificate["best_model"] == "large"
+    loaded = load_router("models:/thrifty@champion")
+    for key in ("certified", "policy", "knob", "floor", "target", "prices_sha256"):
+        assert getattr(loaded.certificate_, key) == certificate[key], key
+    assert version.tags["certified"] in ("True", "False")
 
     # a second run becomes version 2 and takes the alias
     assert _run("train", "--logs", str(logs), "--prices", prices, "--predictor", "logistic").exit_code == 0

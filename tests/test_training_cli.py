@@ -14,8 +14,8 @@ from training import cli, progress
 
 @pytest.fixture
 def two_logs(tmp_path):
-    frame = synthetic_logs(240, seed=8)
-    first = frame.prompt_id.str[1:].astype(int) < 120
+    frame = synthetic_logs(600, seed=8)
+    first = frame.prompt_id.str[1:].astype(int) < 300
     a, b = tmp_path / "a.parquet", tmp_path / "b.parquet"
     frame[first].to_parquet(a)
     frame[~first].to_parquet(b)
@@ -54,7 +54,7 @@ def test_tune_with_two_files_after_one_flag_and_a_relative_target(two_logs, tmp_
     assert result.exit_code == 0, result.output
     assert "success >= 90% of the best single model" in result.output
     profile = json.loads((get_settings().profiles_dir / "rel.json").read_text())
-    assert profile["target"]["relative"] == pytest.approx(0.9) and profile["target"]["test_prompts"] == 72
+    assert profile["target"]["relative"] == pytest.approx(0.9) and profile["target"]["test_prompts"] == 180
     result = CliRunner().invoke(cli.tune, [*args, "--max-cost-per-request", "0.001", "--relative"])
     assert result.exit_code == 2 and "--relative applies to --target-quality only" in result.output
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -11,7 +12,7 @@ from models.prices import PriceTable
 from tests.synthetic import prices_csv, synthetic_logs
 from training.dataset import OutcomeMatrix
 from training.targets import Target, TargetError
-from training.tune import choose_setting
+from training.tune import certify_setting
 
 PRICES = PriceTable.from_dict({"small": [0.1, 0.4], "medium": [1, 4], "large": [10, 40]})
 
@@ -32,26 +33,32 @@ def test_target_parsing():
             Target.parse(**bad)
 
 
-def test_choose_setting_meets_the_target_or_says_why_not():
-    points = [
-        {"policy": "tradeoff", "knob": 3.0, "cost": 1.0, "quality": 0.5},
-        {"policy": "tradeoff", "knob": 2.0, "cost": 2.0, "quality": 0.7},
-        {"policy": "tradeoff", "knob": 1.0, "cost": 4.0, "quality": 0.8},
-    ]
-    assert choose_setting(points, Target(quality=0.6), 0.8)["knob"] == 2.0  # the cheapest reaching 0.6
-    assert choose_setting(points, Target(relative=1.0), 0.8)["knob"] == 1.0
-    assert choose_setting(points, Target(max_cost=3.0), 0.8)["knob"] == 2.0  # the best under the cap
-    assert choose_setting(points, Target(budget=100.0, requests=100), 0.8)["knob"] == 3.0
-    with pytest.raises(TargetError, match="cannot be met.*reaches 0.800"):
-        choose_setting(points, Target(quality=0.9), 0.8)
-    with pytest.raises(TargetError, match="cannot be met.*cheapest setting"):
-        choose_setting(points, Target(max_cost=0.5), 0.8)
+def test_certify_setting_meets_the_target_with_the_confidence_or_says_why_not():
+    rng = np.random.default_rng(0)
+    n = 2000
+    best = (rng.random(n) < 0.9).astype(float)
+    # three settings of one policy, safe to cheap: the best model itself, 2 and 10 points of success lost
+    lose = lambda share: np.where(rng.random(n) < share, 0.0, best)  # noqa: E731
+    success = np.column_stack([best, lose(0.02), lose(0.1)])
+    cost = np.tile([4.0, 2.0, 1.0], (n, 1))
+    policies, knobs = ["tradeoff"] * 3, [0.0, 1.0, 2.0]
+    assert certify_setting(policies, knobs, success, cost, best, Target(relative=0.95))["knob"] == 1.0  # 2% lost: within 5%
+    assert certify_setting(policies, knobs, success, cost, best, Target(relative=0.8))["knob"] == 2.0
+    assert certify_setting(policies, knobs, success, cost, best, Target(max_cost=4.0))["knob"] == 0.0  # the best under the cap
+    assert certify_setting(policies, knobs, success, cost, best, Target(max_cost=1.5))["knob"] == 2.0
+    with pytest.raises(TargetError, match="cannot be met with 90% confidence on the 2000 prompts of the validation split"):
+        certify_setting(policies, knobs, success, cost, best, Target(quality=0.95))
+    with pytest.raises(TargetError, match="cannot be met"):
+        certify_setting(policies, knobs, success, cost, best, Target(max_cost=0.5))
+    # a setting a hair above the floor on these prompts is not certified
+    with pytest.raises(TargetError, match="p = "):
+        certify_setting(["tradeoff"] * 2, [1.0, 2.0], success[:, 1:], cost[:, 1:], best, Target(relative=0.985))
 
 
 @pytest.fixture
 def logs_file(tmp_path):
     path = tmp_path / "logs.parquet"
-    synthetic_logs(240, seed=8).to_parquet(path)
+    synthetic_logs(600, seed=8).to_parquet(path)
     return str(path)
 
 
@@ -69,12 +76,13 @@ def test_tune_writes_a_profile_that_serving_reads(tmp_path, thrifty_home, logs_f
 
     result = _tune(["--logs", logs_file, "--name", "cheap-but-good", "--target-quality", "90%"], tmp_path)
     assert result.exit_code == 0, result.output
-    assert "on 72 test prompts (not used for the choice)" in result.output
+    assert "on 180 test prompts (not used for the choice)" in result.output
     profiles = load_profiles(get_settings().profiles_dir)
     profile = profiles["cheap-but-good"]
     assert profile.policy in ("threshold", "tradeoff")
     target = profile.target
-    assert target["test_prompts"] == 72 and target["validation_prompts"] == 50  # 30% of the 168 tuning prompts
+    assert target["test_prompts"] == 180 and target["validation_prompts"] == 126  # 30% of the 420 tuning prompts
+    assert target["confidence"] == 0.9
     assert set(target["test"]) >= {"cost", "quality", "target_met"}
     assert target["validation"]["quality"] >= 0.9 * target["validation"]["best_single"] - 1e-12
     # the profile names the router it was tuned for, and that router loads
@@ -101,10 +109,22 @@ def test_tune_refuses_an_impossible_target(tmp_path, thrifty_home, logs_file):
 
     result = _tune(["--logs", logs_file, "--name", "impossible", "--target-quality", "1.0"], tmp_path)
     assert result.exit_code != 0
-    assert "cannot be met" in result.output and "validation split" in result.output
+    assert "cannot be met" in result.output and "validation split" in result.output and "confidence" in result.output
     assert not (get_settings().profiles_dir / "impossible.json").exists()
     result = _tune(["--logs", logs_file, "--name", "too-cheap", "--max-cost-per-request", "1e-12"], tmp_path)
     assert result.exit_code != 0 and "cannot be met" in result.output
+
+
+def test_tune_serves_the_most_likely_model_when_a_reachable_floor_is_not_certified(tmp_path, thrifty_home, logs_file):
+    """As train does: a quality target the best model meets but nothing cheaper is certified for is said, not refused."""
+    from models.settings import get_settings
+
+    result = _tune(["--logs", logs_file, "--name", "unsure", "--target-quality", "0.999", "--relative", "--confidence", "0.999"], tmp_path)
+    assert result.exit_code == 0, result.output
+    assert "NOT CERTIFIED" in result.output and "most likely model" in result.output
+    data = json.loads((get_settings().profiles_dir / "unsure.json").read_text())
+    assert (data["policy"], data["knob"]) == ("threshold", 2.0)
+    assert data["target"]["validation"]["certified"] is False and "cannot be met" in data["target"]["validation"]["not_certified"]
 
 
 def test_tune_needs_exactly_one_target(tmp_path, thrifty_home, logs_file):
@@ -135,15 +155,3 @@ def test_tune_with_a_registered_router_logs_to_mlflow(tmp_path, thrifty_home, lo
     mlflow.set_tracking_uri(get_settings().resolved_tracking_uri)
     runs = mlflow.search_runs(experiment_names=["tune-test"])
     assert len(runs) == 1 and "metrics.test/quality" in runs.columns
-
-
-def test_choose_setting_with_a_safety_margin():
-    points = [
-        {"policy": "tradeoff", "knob": 2.0, "cost": 2.0, "quality": 0.70, "quality_se": 0.02, "cost_se": 0.1},
-        {"policy": "tradeoff", "knob": 1.0, "cost": 4.0, "quality": 0.75, "quality_se": 0.02, "cost_se": 0.2},
-    ]
-    assert choose_setting(points, Target(quality=0.7), 0.75, z=0)["knob"] == 2.0
-    assert choose_setting(points, Target(quality=0.7), 0.75, z=1)["knob"] == 1.0  # 0.70 - 0.02 < 0.7
-    assert choose_setting(points, Target(max_cost=4.1), 0.75, z=1)["knob"] == 2.0  # 4.0 + 0.2 > 4.1
-    with pytest.raises(TargetError, match="by 1 standard error.*lower --z"):
-        choose_setting(points, Target(quality=0.74), 0.75, z=1)

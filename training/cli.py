@@ -18,6 +18,7 @@ from models.jsonout import json_result
 from models.settings import get_settings
 from router.predictors import get_predictor, predictor_names
 from training.progress import say
+from training.served import DEFAULT_PREDICTOR
 
 # -------------------------------------------------------------------------- options
 
@@ -99,6 +100,14 @@ router_option = click.option(
     help="use this router (models:/NAME@ALIAS, models:/NAME/VERSION, runs:/..., or a .joblib file) instead of training one",
 )
 relative_option = click.option("--relative", is_flag=True, help="read --target-quality as a share of the best single model's success (0.98 = 98%)")
+confidence_option = click.option(
+    "--confidence", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.9, show_default=True,
+    help="probability with which the target must hold (certified on cross-fitted predictions of the training prompts)",
+)
+served_target_option = click.option(
+    "--target-quality", default="98%", show_default=True,
+    help="what the served default must keep: a share of the best single model's success (98%, or 0.98 with --relative) or an absolute success rate (0.8)",
+)
 
 
 def test_size_option(default: float):
@@ -171,19 +180,44 @@ def _quiet_git() -> None:
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
 
 
+def _quality_target(target_quality: str, relative: bool):
+    from training.targets import Target
+
+    try:
+        return Target.parse(target_quality, relative=relative)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+def _train_out(out_dir: str | None) -> Path:
+    if out_dir:
+        return Path(out_dir)
+    import time
+
+    return get_settings().home_dir / "runs" / time.strftime("train-%Y%m%d-%H%M%S")
+
+
 # -------------------------------------------------------------------------- train, retrain
 
 
+train_out_option = click.option(
+    "--out", "out_dir", type=click.Path(file_okay=False), default=None,
+    help="directory for calibration.png, metrics.json, certificate.json, prices.json (default: THRIFTY_HOME/runs/train-<time>)",
+)
+
+
 @command()
-@_options(logs_option, prices_option, catalog_option, predictor_option("lightgbm"), test_size_option(0.2), seed_option, experiment_option, name_option)
+@_options(logs_option, prices_option, catalog_option, predictor_option(DEFAULT_PREDICTOR), served_target_option, relative_option, confidence_option)
+@_options(test_size_option(0.2), seed_option, experiment_option, name_option, train_out_option)
 @click.option("--no-register", is_flag=True, help="fit and measure only; log nothing to MLflow")
 @click.option(
     "--dask", "dask_address", default=None, metavar="ADDRESS",
-    help="read, featurise and fit on a Dask cluster: a scheduler (tcp://host:8786), 'local' or 'local:N' for a LocalCluster of N workers (needs thrifty[dask]; lightgbm only)",
+    help="read, featurise and fit on a Dask cluster: a scheduler (tcp://host:8786), 'local' or 'local:N' for a LocalCluster of N workers (needs thrifty[dask]; fits the lightgbm predictor)",
 )
+@click.pass_context
 @json_result
-def train(logs, prices, catalogs, predictor, test_size, seed, experiment, name, no_register, dask_address):
-    """Learn the cheapest model that still succeeds from outcome logs; register it as champion."""
+def train(ctx, logs, prices, catalogs, predictor, target_quality, relative, confidence, test_size, seed, experiment, name, out_dir, no_register, dask_address):
+    """Learn the cheapest model that still succeeds from outcome logs; certify the default; register it as champion."""
     from contextlib import nullcontext
 
     from training.distributed import DaskError, dask_client
@@ -191,20 +225,25 @@ def train(logs, prices, catalogs, predictor, test_size, seed, experiment, name, 
     from training.train import train as run_train
 
     settings = get_settings()
-    paths, catalog = _log_paths(logs), _catalog(prices, catalogs)
+    target = _quality_target(target_quality, relative)
     if dask_address is not None and predictor != "lightgbm":
-        raise click.UsageError(f"--dask fits the lightgbm predictor only (got --predictor {predictor})")
+        if ctx.get_parameter_source("predictor") is not click.core.ParameterSource.DEFAULT:
+            raise click.UsageError(f"--dask fits the lightgbm predictor only (got --predictor {predictor})")
+        predictor = "lightgbm"  # the default ensemble has no distributed fit
     try:
         with dask_client(dask_address) if dask_address is not None else nullcontext() as client:
             result = run_train(
-                paths,
-                catalog,
+                _log_paths(logs),
+                _catalog(prices, catalogs),
                 predictor=predictor,
+                target=target,
+                confidence=confidence,
                 test_size=test_size,
                 seed=seed,
                 experiment=experiment or settings.experiment,
                 name=name or settings.registry_name,
                 register=not no_register,
+                out_dir=_train_out(out_dir),
                 progress=True,
                 echo=say,
                 dask_client=client,
@@ -216,7 +255,7 @@ def train(logs, prices, catalogs, predictor, test_size, seed, experiment, name, 
 
 
 def _training_json(result, name: str) -> dict:
-    """``thrifty train --json``: the held-out metrics per model, their means, the served policy, the registration."""
+    """``thrifty train --json``: the held-out metrics per model, their means, the served policy and its certificate, the registration."""
     prices = result.router.prices_
     return {
         "command": "train",
@@ -229,7 +268,8 @@ def _training_json(result, name: str) -> dict:
             for model, m in result.metrics.items()
         },
         "summary": result.summary(),
-        "served_policy": {"policy": result.selection.get("policy"), "knob": result.selection.get("knob")},
+        "served_policy": {"policy": result.certificate.policy, "knob": result.certificate.knob},
+        "certificate": {k: v for k, v in result.certificate.to_dict().items() if k != "prices"},
         "registered": None if not result.version else {
             "name": name, "version": str(result.version), "uri": f"models:/{name}/{result.version}",
             "alias": "champion", "run_id": result.run_id,
@@ -252,44 +292,58 @@ def _print_training(result, name: str) -> None:
         )
     s = result.summary()
     click.echo(f"mean AUC {s['auc']:.3f}  Brier {s['brier']:.4f}  log loss {s['log_loss']:.4f}  token log-MAE {s['token_log_mae']:.3f}")
-    sel = result.selection
-    if sel.get("policy"):
-        click.echo(f"served policy: {sel['policy']} knob {sel['knob']:.6g} (chosen on out-of-fold predictions of the training prompts)")
+    _print_certificate(result.certificate)
+    if result.outputs:
+        click.echo(f"wrote {', '.join(p.name for p in result.outputs.values())} to {next(iter(result.outputs.values())).parent}")
     if result.version:
         click.echo(f"registered models:/{name}/{result.version} as models:/{name}@champion (run {result.run_id})")
 
 
+def _print_certificate(cert) -> None:
+    if not cert.best_model:  # partial logs: nothing could be replayed
+        click.echo(f"served default: {cert.policy} knob {cert.knob:.6g}, not certified ({cert.reason})")
+        return
+    if cert.certified:
+        click.echo(f"served default: {cert.describe()}")
+        for name, numbers in cert.evidence.items():
+            kind = "prompts of held-out training tasks" if name == "tasks" else "held-out training prompts"
+            click.echo(f"  on {kind}: {numbers['success_vs_best']:.3f}x the success, {numbers['cost_vs_best']:.3f}x the cost of {cert.best_model}")
+    else:
+        click.echo(f"served default: NOT CERTIFIED — {cert.reason}.")
+        click.echo(f"  serving the best single model, {cert.best_model} (success {cert.best_success:.3f} on the training prompts); "
+                   "lower --target-quality or --confidence, or give more logs, to route")
+
+
 @command()
 @logs_option
-@click.option("--store", type=click.Path(exists=True, dir_okay=False), default=None, help="a serving outcome store (SQLite); its decisions joined with feedback are exported and used")
+@click.option("--store", default=None, help="a serving outcome store (a SQLite file, sqlite:/// or postgresql:// URL); its decisions joined with feedback are used")
 @click.option("--benchmark-logs", "benchmark_logs", cls=FileListOption, type=click.STRING, help="full-matrix benchmark logs to mix in (files, directories of parts or URLs, as --logs)")
-@_options(prices_option, catalog_option, predictor_option("lightgbm"))
+@_options(prices_option, catalog_option, predictor_option(DEFAULT_PREDICTOR), served_target_option, relative_option, confidence_option)
 @click.option("--propensity-clip", default=20.0, show_default=True, help="largest inverse-propensity weight")
-@_options(test_size_option(0.2), seed_option, experiment_option, name_option)
-def retrain(logs, store, benchmark_logs, prices, catalogs, predictor, propensity_clip, test_size, seed, experiment, name):
+@_options(test_size_option(0.2), seed_option, experiment_option, name_option, train_out_option)
+def retrain(logs, store, benchmark_logs, prices, catalogs, predictor, target_quality, relative, confidence, propensity_clip, test_size, seed, experiment, name, out_dir):
     """Retrain on served traffic (propensity-weighted), optionally mixed with benchmark logs; register as challenger."""
-    import subprocess
-    import sys
     import tempfile
 
+    from models.store import StoreError, open_store
+    from models.store.outcomes import outcome_frame
     from training.logs import LogError
     from training.tracking import CHALLENGER
     from training.train import train as run_train
 
     settings = get_settings()
+    target = _quality_target(target_quality, relative)
     paths = [*logs, *benchmark_logs]
     with tempfile.TemporaryDirectory() as tmp:
         if store:
-            # Served logs reach training through storage: the serving CLI exports
-            # the store to a file in the canonical format, training reads the file.
+            # served traffic through the store's interface, as canonical outcome rows
+            try:
+                with open_store(store, create=False) as served:
+                    frame = outcome_frame(served)
+            except StoreError as exc:
+                raise click.ClickException(str(exc)) from None
             exported = Path(tmp) / "served.parquet"
-            proc = subprocess.run(
-                [sys.executable, "-m", "thrifty.cli", "logs", "export", "--store", store, "--out", str(exported)],
-                capture_output=True,
-                text=True,
-            )
-            if proc.returncode != 0:
-                raise click.ClickException(f"exporting {store} failed: {proc.stderr.strip() or proc.stdout.strip()}")
+            frame.to_parquet(exported, index=False)
             paths.append(str(exported))
         if not paths:
             raise click.UsageError("give --logs (exported served logs), --store, and/or --benchmark-logs")
@@ -298,10 +352,13 @@ def retrain(logs, store, benchmark_logs, prices, catalogs, predictor, propensity
                 paths,
                 _catalog(prices, catalogs),
                 predictor=predictor,
+                target=target,
+                confidence=confidence,
                 test_size=test_size,
                 seed=seed,
                 experiment=experiment or settings.experiment,
                 name=name or settings.registry_name,
+                out_dir=_train_out(out_dir),
                 alias=CHALLENGER,
                 propensity_clip=propensity_clip,
                 progress=True,
@@ -310,6 +367,7 @@ def retrain(logs, store, benchmark_logs, prices, catalogs, predictor, propensity
         except (LogError, ValueError) as exc:
             raise click.ClickException(str(exc)) from None
     reg = name or settings.registry_name
+    _print_certificate(result.certificate)
     click.echo(f"registered models:/{reg}/{result.version} as models:/{reg}@challenger (run {result.run_id}); "
                f"mean AUC on held-out prompts {result.summary()['auc']:.3f}")
 
@@ -339,6 +397,10 @@ def promote(logs, prices, catalogs, name, margin, usd_per_success, estimator, ex
     settings = get_settings()
     reg = name or settings.registry_name
     catalog = _catalog(prices, catalogs)
+    store = settings.embedded_store
+    if store is not None and not store.is_file():  # looking must not leave an empty store behind
+        raise click.ClickException(f"registered model {reg!r} needs a champion and a challenger: nothing is registered yet "
+                                   f"(no MLflow store at {store})")
     tracking.configure(settings)
     client = MlflowClient()
     try:
@@ -393,14 +455,17 @@ def _value_json(value) -> dict:
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="directory for metrics.json, curve.csv, decisions.parquet and frontier.png")
 @predictors_option
 @click.option("--knobs", "n_knobs", default=256, show_default=True, help="knob settings per policy sweep (before duplicates are dropped)")
-@click.option("--folds", default=3, show_default=True, help="folds of the training split on which each router's default knob is chosen")
-@_options(experiment_option, no_mlflow_option)
+@click.option("--folds", default=3, show_default=True, help="folds of the training split on which each router's served default is certified")
+@_options(served_target_option, relative_option, confidence_option, experiment_option, no_mlflow_option)
+@click.option("--cascades", is_flag=True, help="also search cascades on the training split (logs with parsed answers) and replay them: rows cascade/<family>, cascade_decisions.parquet")
+@click.option("--cascade-models", default=8, show_default=True, type=click.IntRange(2, 12), help="with --cascades: at most this many models (on or near the training split's cost-quality hull) to draw stages from")
 @json_result
-def replay(logs, prices, catalogs, router_uri, test_size, seed, task_holdout, out_dir, predictors, n_knobs, folds, experiment, no_mlflow):
+def replay(logs, prices, catalogs, router_uri, test_size, seed, task_holdout, out_dir, predictors, n_knobs, folds, target_quality, relative, confidence, experiment, no_mlflow, cascades, cascade_models):
     """Replay routers and baselines on held-out logged prompts: cost–quality curves, AIQ, gap closed, APGR."""
     from training.replay import format_table, log_to_mlflow, run_replay, write_outputs
 
     _quiet_git()
+    target = _quality_target(target_quality, relative)
     table = _catalog(prices, catalogs).prices()
     frame = _read(logs, table)
     router = _load_router(router_uri)
@@ -415,6 +480,10 @@ def replay(logs, prices, catalogs, router_uri, test_size, seed, task_holdout, ou
             predictors=predictors,
             n_knobs=n_knobs,
             folds=folds,
+            target=target,
+            confidence=confidence,
+            cascades=cascades,
+            cascade_models=cascade_models,
             echo=say,
         )
     except ValueError as exc:
@@ -426,7 +495,7 @@ def replay(logs, prices, catalogs, router_uri, test_size, seed, task_holdout, ou
     run_id = None
     if not no_mlflow:
         settings = get_settings()
-        params = {"logs": ",".join(logs), "router": router_uri or "trained", "predictors": ",".join(predictors)}
+        params = {"logs": ",".join(logs), "router": router_uri or "trained", "predictors": ",".join(predictors), "cascades": cascades}
         run_id = log_to_mlflow(result, paths, experiment or settings.experiment, params)
         click.echo(f"logged to MLflow run {run_id}")
     return {
@@ -453,11 +522,10 @@ def replay(logs, prices, catalogs, router_uri, test_size, seed, task_holdout, ou
 @click.option("--budget", type=float, default=None, help="USD to spend over --requests requests")
 @click.option("--requests", type=int, default=None, help="expected number of requests the --budget must pay for")
 @click.option("--policy", type=click.Choice(["threshold", "tradeoff", "any"]), default="any", show_default=True, help="policy whose knob is tuned")
-@predictor_option("ensemble")
-@click.option("--z", "z", type=float, default=1.0, show_default=True, help="standard errors by which the chosen setting must meet the target on the validation split")
-@_options(experiment_option, no_mlflow_option)
+@predictor_option(DEFAULT_PREDICTOR)
+@_options(confidence_option, experiment_option, no_mlflow_option)
 @json_result
-def tune(logs, prices, catalogs, router_uri, test_size, seed, task_holdout, name, target_quality, relative, max_cost, budget, requests, policy, predictor, z, experiment, no_mlflow):
+def tune(logs, prices, catalogs, router_uri, test_size, seed, task_holdout, name, target_quality, relative, max_cost, budget, requests, policy, predictor, confidence, experiment, no_mlflow):
     """Choose the knob that meets a quality or cost target on a validation split; save it as a named profile."""
     from router.profiles import ProfileError
     from training.sweep import POLICIES
@@ -487,13 +555,18 @@ def tune(logs, prices, catalogs, router_uri, test_size, seed, task_holdout, name
             test_size=test_size,
             seed=seed,
             task_holdout=task_holdout,
-            z=z,
+            confidence=confidence,
             echo=say,
         )
     except (ProfileError, ValueError) as exc:  # TargetError is a ValueError
         raise click.ClickException(str(exc)) from None
     p, v, t = result.profile, result.validation, result.test
-    click.echo(f"target: {result.target.describe(v['best_single'])}")
+    if v["certified"]:
+        click.echo(f"target: {result.target.describe(v['best_single'])}, certified with {confidence:.0%} confidence")
+    else:
+        click.echo(f"target: NOT CERTIFIED — {v['not_certified']}.")
+        click.echo("  the profile sends every request to the most likely model (threshold knob "
+                   f"{p.knob:g}); lower --target-quality or --confidence, or give more logs, to route")
     click.echo(f"chosen on {result.n_validation} validation prompts: {p.policy} knob {p.knob:.6g} -> success {v['quality']:.3f}, ${v['cost']:.3g} per request")
     click.echo(
         f"on {result.n_test} test prompts (not used for the choice): success {t['quality']:.3f}, ${t['cost']:.3g} per request "

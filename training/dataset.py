@@ -32,6 +32,7 @@ class OutcomeMatrix:
     output_tokens: np.ndarray  # (n, m)
     cost: np.ndarray  # (n, m) USD of the logged call
     propensity: np.ndarray | None = None  # (n, m) probability the logging policy chose the model
+    answers: np.ndarray | None = None  # (n, m) object: the logged parsed answer (None = none), for cascades
 
     @property
     def n_prompts(self) -> int:
@@ -65,6 +66,7 @@ class OutcomeMatrix:
             output_tokens=self.output_tokens[idx],
             cost=self.cost[idx],
             propensity=pick(self.propensity),
+            answers=pick(self.answers),
         )
 
     def select_models(self, models: list[str]) -> "OutcomeMatrix":
@@ -78,6 +80,7 @@ class OutcomeMatrix:
             output_tokens=self.output_tokens[:, cols],
             cost=self.cost[:, cols],
             propensity=pick(self.propensity),
+            answers=pick(self.answers),
         )
 
     @classmethod
@@ -95,6 +98,10 @@ class OutcomeMatrix:
 
         first = np.unique(key_codes, return_index=True)[1]  # first row of each prompt
         propensity = grid("propensity") if "propensity" in frame else None
+        answers = None
+        if "answer" in frame and frame["answer"].notna().any():
+            answers = np.full((n, m), None, dtype=object)
+            answers[key_codes, model_codes] = frame["answer"].astype(object).where(frame["answer"].notna(), None).to_numpy()
         return cls(
             prompt_keys=np.asarray(key_uniques, dtype=object),
             datasets=frame["dataset"].astype(str).to_numpy()[first],
@@ -106,6 +113,7 @@ class OutcomeMatrix:
             output_tokens=grid("output_tokens"),
             cost=grid("cost_usd"),
             propensity=propensity,
+            answers=answers,
         )
 
 
@@ -145,6 +153,24 @@ def prompt_folds(texts: Sequence[str], folds: int, seed: int) -> list[np.ndarray
     assignment = dict(zip(rng.permutation(unique), np.arange(len(unique)) % folds))
     part = np.array([assignment[g] for g in groups])
     return [np.flatnonzero(part == k) for k in range(folds)]
+
+
+def task_folds(tasks: Sequence[str], folds: int) -> list[np.ndarray]:
+    """Row indices of up to ``folds`` parts, each holding whole tasks (one task per part when there are at most ``folds``).
+
+    Tasks are dealt largest first to the part with the fewest rows so far, so
+    parts are about equal in size; deterministic.
+    """
+    tasks = np.asarray(tasks).astype(str)
+    names, counts = np.unique(tasks, return_counts=True)
+    k = min(folds, len(names))
+    sizes, owner = np.zeros(k, dtype=int), {}
+    for i in np.lexsort((names, -counts)):
+        part = int(np.argmin(sizes))
+        owner[names[i]] = part
+        sizes[part] += counts[i]
+    part_of = np.array([owner[t] for t in tasks])
+    return [np.flatnonzero(part_of == j) for j in range(k)]
 
 
 def _text_groups(texts: list[str]) -> np.ndarray:

@@ -66,25 +66,25 @@ def fit_router(
 
 
 def cross_fit(
-    matrix: OutcomeMatrix, prices: PriceTable, *, predictor: str = "lightgbm", seed: int = 0, folds: int = 3, **fit_kw
-) -> tuple[np.ndarray, np.ndarray]:
-    """Out-of-fold predicted success and cost of every prompt of ``matrix`` (K-fold by prompt text)."""
+    matrix: OutcomeMatrix, prices: PriceTable, *, predictor: str = "lightgbm", seed: int = 0, folds: int = 3, parts=None, **fit_kw
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Out-of-fold predicted success, cost and novelty of every prompt of ``matrix``.
+
+    Each part of ``parts`` (row indices; default: ``folds`` parts by prompt
+    text) is predicted by a router fitted on the other parts, so every prompt
+    is routed by a router that never saw it; its novelty is measured against
+    that router's training prompts.
+    """
     n, m = matrix.success.shape
-    P, C = np.full((n, m), np.nan), np.full((n, m), np.nan)
+    P, C, N = np.full((n, m), np.nan), np.full((n, m), np.nan), np.full(n, np.nan)
     tokens = matrix.prompt_tokens()
-    for part in prompt_folds(matrix.texts, folds, seed):
+    for part in parts if parts is not None else prompt_folds(matrix.texts, folds, seed):
         rest = np.setdiff1d(np.arange(n), part)
         router = fit_router(matrix.subset(rest), prices, predictor=predictor, seed=seed, **fit_kw)
         held = matrix.subset(part)
         s = router.score_features(router.features(held.texts), tokens[part], prices, models=matrix.models)
-        P[part], C[part] = s.p, s.cost
-    return P, C
-
-
-def fit_with_oof(matrix: OutcomeMatrix, prices: PriceTable, *, predictor: str = "lightgbm", seed: int = 0, folds: int = 3, **fit_kw):
-    """A router fitted on all of ``matrix``, and out-of-fold predicted success and cost of its prompts."""
-    P, C = cross_fit(matrix, prices, predictor=predictor, seed=seed, folds=folds, **fit_kw)
-    return fit_router(matrix, prices, predictor=predictor, seed=seed, **fit_kw), P, C
+        P[part], C[part], N[part] = s.p, s.cost, s.novelty
+    return P, C, N
 
 
 def ensemble_router(routers) -> Router:

@@ -15,9 +15,7 @@ metrics of :mod:`training.metrics`. :func:`run_replay` is the pipeline behind
 
 from __future__ import annotations
 
-import json
 import math
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -38,13 +36,17 @@ from training.metrics import (
     point_metrics,
     reference,
 )
+from training.outputs import write_json
+from training.served import DEFAULT_CONFIDENCE, DEFAULT_PREDICTOR, DEFAULT_TARGET
 from training.sweep import POLICIES, best_model_index, knob_grid, policy_kwargs, sweep_policy
+from training.targets import Target
 
 BEST_FIXED = "best_fixed"
 ORACLE = "oracle"
 RANDOM = "random"
 TASK_PRIOR = "task_prior"
 SERVED = "served"
+CASCADE_PREFIX = "cascade/"
 
 
 @dataclass(frozen=True)
@@ -63,7 +65,7 @@ class LearnedRouter:
     name: str
     router: Router
     policies: Sequence[str] = POLICIES
-    selection: dict | None = None  # training-time choice (see training.served.Selection)
+    certificate: dict | None = None  # the served default's certificate (see training.served)
     fallback: str | None = None  # the threshold policy's fallback model (the best single model on training prompts)
 
 
@@ -115,8 +117,7 @@ def replay_rows(
             for knob, choice in sweep_policy(policy, s.p, s.cost, grid, keep=extra_knobs.get(name, ()), models=s.models, **kw):
                 yield ReplayRow(name, knob, choice)
         if item.router.policy_ is not None:
-            choice, _ = item.router.policy_.choose(s.p, s.cost, None, s.models)
-            yield ReplayRow(f"{item.name}/{SERVED}", float(item.router.policy_.knob), choice)
+            yield ReplayRow(f"{item.name}/{SERVED}", float(item.router.policy_.knob), item.router.default_choice(s))
 
 
 # ----------------------------------------------------------------------------- results
@@ -130,6 +131,8 @@ class ReplayResult:
     metrics: dict[str, dict[str, float]]  # name -> metric -> value
     reference: Reference
     meta: dict = field(default_factory=dict)
+    cascade_decisions: pd.DataFrame | None = None  # router, knob, dataset, prompt_id, models_called, answered_by
+    calibration: dict | None = None  # the served default's calibration on the evaluation prompts (training.fit.calibration_table)
 
     @property
     def single_models(self) -> list[str]:
@@ -138,10 +141,14 @@ class ReplayResult:
     def learned_curves(self) -> list[str]:
         """The swept learned routers (``<router>/<policy>``); model names may contain '/' too."""
         singles = set(self.single_models)
-        return [k for k in self.metrics if k not in singles and "/" in k and not k.endswith(f"/{SERVED}")]
+        return [k for k in self.metrics if k not in singles and "/" in k and not k.endswith(f"/{SERVED}") and not k.startswith(CASCADE_PREFIX)]
 
     def best_learned(self) -> str | None:
         names = [k for k in self.learned_curves() if np.isfinite(self.metrics[k]["aiq"])]
+        return max(names, key=lambda k: self.metrics[k]["aiq"]) if names else None
+
+    def best_cascade(self) -> str | None:
+        names = [k for k in self.metrics if k.startswith(CASCADE_PREFIX) and np.isfinite(self.metrics[k]["aiq"])]
         return max(names, key=lambda k: self.metrics[k]["aiq"]) if names else None
 
 
@@ -210,14 +217,25 @@ def summarise(evalset: OutcomeMatrix, rows: Sequence[ReplayRow], point_knobs: di
         entry["margin_vs_fixed"] = margin_above(ref.fixed_x, ref.fixed_y, chosen[2], chosen[3])
         entry["settings"] = float(len(settings))
         metrics[name] = entry
+    for entry in metrics.values():
+        entry.update(versus_best(entry, ref))
     # best fixed: the hull of the single models; its point is the best single model
     best = metrics[ref.best_model]
     entry = {"knob": float("nan"), **{k: best[k] for k in POINT_METRICS}}
     entry.update(curve_metrics(ref, mcost, mqual, None if strong is None else [0.0 if j != strong else 1.0 for j in range(len(mcost))]))
     entry["margin_vs_fixed"] = 0.0
     entry["settings"] = float(len(mcost))
+    entry.update(versus_best(entry, ref))
     metrics = {**{k: metrics[k] for k in evalset.models}, BEST_FIXED: entry, **{k: v for k, v in metrics.items() if k not in evalset.models}}
     return curve, decisions, metrics, ref
+
+
+def versus_best(entry: dict, ref: Reference) -> dict[str, float]:
+    """A point's success and mean cost divided by the best single model's on the same prompts."""
+    return {
+        "success_vs_best": entry["success_rate"] / ref.best_quality if ref.best_quality > 0 else float("nan"),
+        "cost_vs_best": entry["usd_per_request"] / ref.best_cost if ref.best_cost > 0 else float("nan"),
+    }
 
 
 # ----------------------------------------------------------------------------- pipeline
@@ -237,15 +255,24 @@ def run_replay(
     n_knobs: int = 256,
     folds: int = 3,
     min_coverage: float = 0.9,
+    cascades: bool = False,
+    cascade_models: int = 8,
+    target: Target = DEFAULT_TARGET,
+    confidence: float = DEFAULT_CONFIDENCE,
+    select_prompts: int | None = 3000,
     echo: Callable[[str], None] = lambda msg: None,
 ) -> ReplayResult:
     """Split, train (unless ``router`` is given), replay and measure. See the module docstring.
 
     ``predictors``: registered success predictors to train (default: those the
-    registry marks as replayed).
+    registry marks as replayed). Each one's served default is certified on
+    the training split exactly as ``thrifty train`` certifies it (``target``,
+    ``confidence``; on at most ``select_prompts`` training prompts).
+    ``cascades``: also search cascades over at most ``cascade_models`` models
+    on the training split and replay them (``training.cascades``).
     """
-    from training.fit import ensemble_router, fit_with_oof, resolve_prices
-    from training.served import choose_default
+    from training.fit import ensemble_router, fit_router, resolve_prices
+    from training.served import collect_evidence, evidence_prompts, serve
 
     if predictors is None:
         predictors = [k for k in predictor_names() if get_predictor(k).replayed]
@@ -254,6 +281,8 @@ def run_replay(
 
     full = OutcomeMatrix.from_frame(frame)
     matrix, dropped_models, dropped_prompts = complete_matrix(full, min_coverage)
+    if cascades and matrix.answers is None:  # before any fitting
+        raise ValueError("--cascades: the logs carry no parsed answers (column 'answer'), so no cascade can be replayed")
     if dropped_models or dropped_prompts:
         echo(
             f"replaying the complete part of the logs: {matrix.n_prompts} prompts x {len(matrix.models)} models"
@@ -268,7 +297,8 @@ def run_replay(
     learned: list[LearnedRouter] = []
     extra: dict[str, list[float]] = {}
     point_knobs: dict[str, float] = {}
-    selections: dict[str, dict] = {}
+    certificates: dict[str, dict] = {}
+    fitted: dict[str, tuple[Router, list]] = {}  # predictor -> router, its evidence (training.served.Evidence)
     if router is not None:
         known = [m for m in test.models if m in router.models_ and m in prices]
         if len(known) < 2:
@@ -277,30 +307,34 @@ def run_replay(
             echo(f"replaying on the {len(known)} logged models the router knows")
             test, train = test.select_models(known), train.select_models(known)
         train_best = train.models[best_model_index(train.success, train.cost)] if train.n_prompts else None
-        learned.append(LearnedRouter(router_name, router, policies, getattr(router, "selection_", None), train_best))
+        cert = getattr(router, "certificate_", None)
+        learned.append(LearnedRouter(router_name, router, policies, None if cert is None else cert.to_dict(), train_best))
     else:
-        fitted: dict[str, tuple[Router, np.ndarray, np.ndarray]] = {}
         for kind in predictors:
             members = get_predictor(kind).members
             if members and all(m in fitted for m in members):
                 # the mean of the members' predictions: no need to fit them again
                 router_k = ensemble_router([fitted[m][0] for m in members])
-                P = np.mean([fitted[m][1] for m in members], axis=0)
-                C = fitted[members[-1]][2]
+                evidence = [ev.averaged([fitted[m][1][i] for m in members[1:]]) for i, ev in enumerate(fitted[members[0]][1])]
             else:
-                echo(f"fitting {kind} on {train.n_prompts} prompts (knob chosen on {folds}-fold out-of-fold predictions)")
-                router_k, P, C = fit_with_oof(train, prices, predictor=kind, seed=seed, folds=folds)
-            fitted[kind] = (router_k, P, C)
-            router_k, selection = choose_default(router_k, train, P, C, policies=policies)
-            learned.append(LearnedRouter(kind, router_k, policies, selection.to_dict(), selection.best_model))
-            selections[kind] = selection.to_dict()
-            for policy, row in selection.per_policy.items():
-                if row is not None:
-                    extra[f"{kind}/{policy}"] = [row["knob"]]
-                    point_knobs[f"{kind}/{policy}"] = row["knob"]
+                echo(f"fitting {kind} on {train.n_prompts} prompts (its served default certified on {folds}-fold cross-fitted predictions)")
+                evidence = collect_evidence(evidence_prompts(train, select_prompts, seed), prices, predictor=kind, seed=seed, folds=folds)
+                router_k = fit_router(train, prices, predictor=kind, seed=seed)
+            fitted[kind] = (router_k, evidence)
+            served, cert = serve(router_k, evidence, target=target, confidence=confidence, policies=policies, seed=seed)
+            learned.append(LearnedRouter(kind, served, policies, cert.to_dict(), cert.best_model or None))
+            certificates[kind] = {k: v for k, v in cert.to_dict().items() if k != "prices"}
+            if cert.policy in policies:
+                extra[f"{kind}/{cert.policy}"] = [cert.knob]
+                point_knobs[f"{kind}/{cert.policy}"] = cert.knob
     echo(f"replaying on {test.n_prompts} held-out prompts")
     rows = list(replay_rows(test, train, learned, prices, n_knobs=n_knobs, seed=seed, extra_knobs=extra))
     curve, decisions, metrics, ref = summarise(test, rows, point_knobs)
+    cascade_decisions = None
+    if cascades:
+        from training.cascades import add_cascade_rows
+
+        curve, metrics, cascade_decisions, cascade_meta = add_cascade_rows(train, test, learned, fitted, prices, ref, curve, metrics, folds=folds, seed=seed, max_models=cascade_models, echo=echo)
     meta = {
         "models": list(test.models),
         "single_models": list(test.models),
@@ -318,16 +352,28 @@ def run_replay(
         "task_holdout": task_holdout,
         "n_knobs": n_knobs,
         "folds": folds,
-        "selections": selections,
+        "certificates": certificates,
+        # what `thrifty train` would serve: its default predictor if trained here, else the first router replayed
+        "served_default": f"{DEFAULT_PREDICTOR}/{SERVED}" if DEFAULT_PREDICTOR in certificates else (f"{learned[0].name}/{SERVED}" if learned else None),
+        "target": target.describe(),
+        "confidence": confidence,
         "datasets": sorted(set(map(str, matrix.datasets))),
     }
-    return ReplayResult(test, curve, decisions, metrics, ref, meta)
+    if cascades:
+        meta["cascades"] = cascade_meta
+    from training.fit import calibration_table
+
+    served = next((item.router for item in learned if f"{item.name}/{SERVED}" == meta["served_default"]), None)
+    calibration = calibration_table(served, test) if served is not None else None
+    return ReplayResult(test, curve, decisions, metrics, ref, meta, calibration=calibration, cascade_decisions=cascade_decisions)
 
 
 # ----------------------------------------------------------------------------- outputs
 
 TABLE_COLUMNS = (
     ("success_rate", "success", "{:.3f}"),
+    ("success_vs_best", "S/best", "{:.3f}"),
+    ("cost_vs_best", "$/best", "{:.3f}"),
     ("input_tokens", "in tok", "{:.0f}"),
     ("output_tokens", "out tok", "{:.0f}"),
     ("usd_per_request", "$/req", "{:.3g}"),
@@ -339,10 +385,14 @@ TABLE_COLUMNS = (
     ("margin_vs_fixed", "vs fixed", "{:+.4f}"),
 )
 TWO_MODEL_COLUMNS = (("apgr", "APGR", "{:.3f}"), ("cpt50", "CPT50", "{:.3f}"), ("cpt80", "CPT80", "{:.3f}"))
+# with cascades: calls per request, latency (proxy) and the latency of calls whose answer was not returned
+CASCADE_COLUMNS = (("calls_per_request", "calls", "{:.2f}"), ("latency_s", "latency s", "{:.2f}"), ("added_latency_s", "+latency s", "{:.2f}"))
 
 
 def format_table(result: ReplayResult) -> str:
     columns = TABLE_COLUMNS + (TWO_MODEL_COLUMNS if result.reference.strong is not None else ())
+    if result.cascade_decisions is not None:
+        columns += CASCADE_COLUMNS
     width = max(len(k) for k in result.metrics) + 2
     head = f"{'router':<{width}}" + "".join(f"{label:>11}" for _, label, _ in columns)
     lines = [head, "-" * len(head)]
@@ -361,24 +411,22 @@ def format_table(result: ReplayResult) -> str:
     best = result.best_learned()
     if best:
         lines.append(f"best learned router: {best}, gap closed {result.metrics[best]['gap_closed']:+.3f}")
+    served = result.meta.get("served_default")
+    if served in result.metrics:
+        m = result.metrics[served]
+        lines.append(
+            f"served default {served}: {m['success_vs_best']:.3f}x the success and {m['cost_vs_best']:.3f}x the cost of {ref.best_model} "
+            f"(asked: {result.meta.get('target')}, {result.meta.get('confidence', float('nan')):.0%} confidence)"
+        )
+    cascade = result.best_cascade()
+    if cascade:
+        lines.append(f"best cascade: {cascade}, gap closed {result.metrics[cascade]['gap_closed']:+.3f} (tokens, USD and latency count every call)")
     return "\n".join(lines)
 
 
-def _json_safe(value):
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, (np.floating, float)):
-        v = float(value)
-        return v if math.isfinite(v) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
-
-
 def write_outputs(result: ReplayResult, out_dir: str | Path, title: str = "") -> dict[str, Path]:
-    """``metrics.json``, ``curve.csv``, ``decisions.parquet``, ``frontier.png`` and ``replay.json`` in ``out_dir``.
+    """``metrics.json``, ``curve.csv``, ``decisions.parquet``, ``frontier.png``, ``replay.json`` and ``calibration.png`` in ``out_dir``
+    (and ``cascade_decisions.parquet`` when cascades were replayed).
 
     In ``metrics.json`` a non-finite number is written as ``null``, as JSON has
     none: not defined (APGR on logs with more than two models) or never reached
@@ -393,57 +441,73 @@ def write_outputs(result: ReplayResult, out_dir: str | Path, title: str = "") ->
         "plot": out / "frontier.png",
         "meta": out / "replay.json",
     }
-    paths["metrics"].write_text(json.dumps(_json_safe(result.metrics), indent=2))
+    write_json(paths["metrics"], result.metrics)
     result.curve.to_csv(paths["curve"], index=False, float_format="%.17g")
     result.decisions.to_parquet(paths["decisions"], index=False)
-    paths["meta"].write_text(json.dumps(_json_safe(result.meta), indent=2))
+    if result.cascade_decisions is not None:
+        paths["cascade_decisions"] = out / "cascade_decisions.parquet"
+        result.cascade_decisions.to_parquet(paths["cascade_decisions"], index=False)
+    write_json(paths["meta"], result.meta)
     frontier_plot(result, paths["plot"], title)
+    if result.calibration is not None:
+        from training.plots import calibration_plot
+
+        paths["calibration"] = calibration_plot(
+            result.calibration, out / "calibration.png", f"{result.meta['served_default']}: calibration on {result.meta['test_prompts']} held-out prompts"
+        )
     return paths
 
 
 def frontier_plot(result: ReplayResult, path: Path, title: str = "") -> Path:
-    """Cost (log scale) against success: single models, best-fixed hull, oracle, baselines, learned routers."""
+    """Cost (log scale) against success: single models, best-fixed hull, oracle, baselines, learned routers, cascades.
+
+    Single models are numbered on the plot and named in a key beside it (30+
+    model names cannot all be written at their points); legend and key sit
+    outside the axes.
+    """
     from training.metrics import pareto_hull
-    from training.plots import _pyplot
+    from training.plots import _pyplot, outside_legend, palette, place_labels, save
 
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(9, 6.5))
+    fig, ax = plt.subplots(figsize=(10, 6.5))
     curve = result.curve
-    singles = curve[curve.router.isin(result.single_models)]
-    ax.scatter(singles.cost, singles.quality, color="black", s=14, zorder=5, label="single models")
-    if len(singles) <= 12:
-        for _, r in singles.iterrows():
-            ax.annotate(str(r.router)[-24:], (r.cost, r.quality), fontsize=6, xytext=(3, -6), textcoords="offset points")
+    singles = curve[curve.router.isin(result.single_models)].sort_values("cost")
+    ax.scatter(singles.cost, singles.quality, color="black", s=14, zorder=5, label="single models (numbered, key below)")
     ref = result.reference
     hx, hy = ref.fixed_x, ref.fixed_y
     ax.plot(np.r_[hx, ref.hi], np.r_[hy, hy[-1]], color="black", linestyle="--", linewidth=1.2, label=f"best fixed (AIQ {ref.aiq_fixed:.3f})")
-    colours = list(plt.get_cmap("tab20").colors)
-    k = 0
-    for name in [n for n in result.metrics if n not in result.single_models and n != BEST_FIXED]:
+    names = [n for n in result.metrics if n not in result.single_models and n != BEST_FIXED and (curve.router == n).any()]
+    for name, (colour, marker, _) in zip(names, palette(len(names))):
         pts = curve[curve.router == name]
-        if not len(pts):
-            continue
-        aiq_value = result.metrics[name]["aiq"]
         if len(pts) == 1:
-            marker = "*" if name.endswith(SERVED) else "X"
-            ax.scatter(pts.cost, pts.quality, marker=marker, s=90, zorder=6, color=colours[k % len(colours)], label=f"{name}")
+            ax.scatter(pts.cost, pts.quality, marker="*" if name.endswith(SERVED) else marker, s=110, zorder=6, color=colour,
+                       edgecolors="black", linewidths=0.4, label=name)
+        elif name.startswith(CASCADE_PREFIX):  # cascades stand out: thick dash-dot hulls, their default point marked
+            x, y = pareto_hull(pts.cost.to_numpy(), pts.quality.to_numpy())
+            ax.scatter(pts.cost, pts.quality, s=4, alpha=0.4, color=colour)
+            ax.plot(np.r_[x, ref.hi], np.r_[y, y[-1]], linestyle="-.", linewidth=2.0, color=colour,
+                    label=f"{name} (AIQ {result.metrics[name]['aiq']:.3f}, all calls)")
+            entry = result.metrics[name]
+            ax.scatter([entry["usd_per_request"]], [entry["success_rate"]], marker="D", s=45, zorder=7, color=colour, edgecolors="black")
         else:
             x, y = pareto_hull(pts.cost.to_numpy(), pts.quality.to_numpy())
             style = ":" if name in (ORACLE, TASK_PRIOR) else "-"
-            colour = "grey" if name == ORACLE else colours[k % len(colours)]
+            colour = "grey" if name == ORACLE else colour
             ax.scatter(pts.cost, pts.quality, s=3, alpha=0.35, color=colour)
-            ax.plot(np.r_[x, ref.hi], np.r_[y, y[-1]], linestyle=style, linewidth=1.3, color=colour, label=f"{name} (AIQ {aiq_value:.3f})")
-        k += 1
+            ax.plot(np.r_[x, ref.hi], np.r_[y, y[-1]], linestyle=style, linewidth=1.3, color=colour, label=f"{name} (AIQ {result.metrics[name]['aiq']:.3f})")
     ax.set_xscale("log")
+    ax.margins(x=0.06, y=0.05)
+    place_labels(ax, singles.cost.to_numpy(), singles.quality.to_numpy(), [str(k) for k in range(1, len(singles) + 1)])
     ax.set_xlabel("mean cost per request (USD, log scale)")
     ax.set_ylabel("mean success")
     ax.set_title(title or "cost–quality frontier on held-out prompts")
     ax.grid(True, which="both", alpha=0.2)
-    ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    legend = outside_legend(ax)
+    key = "\n".join(f"{k:>2}  {m}" for k, m in enumerate(singles.router, 1))
+    fig.canvas.draw()
+    box = legend.get_window_extent().transformed(ax.transAxes.inverted())
+    ax.text(box.x0, box.y0 - 0.03, key, transform=ax.transAxes, fontsize=6, va="top", ha="left", family="monospace")
+    return save(fig, path)
 
 
 def log_to_mlflow(result: ReplayResult, paths: dict[str, Path], experiment: str, params: dict | None = None, run_name: str = "replay") -> str:
@@ -453,11 +517,13 @@ def log_to_mlflow(result: ReplayResult, paths: dict[str, Path], experiment: str,
     from training import tracking
 
     with tracking.start_run(experiment, run_name=run_name) as run:
-        flat = {k: v for k, v in {**(params or {}), **{k: v for k, v in result.meta.items() if k != "selections"}}.items()}
+        flat = {k: v for k, v in {**(params or {}), **{k: v for k, v in result.meta.items() if k not in ("certificates", "cascades")}}.items()}
         mlflow.log_params({k: str(v)[:500] for k, v in flat.items()})
         tracking.log_metrics_nested(result.metrics, prefix="replay/")
-        for key in ("metrics", "curve", "plot", "meta"):
-            mlflow.log_artifact(str(paths[key]))
-        if paths["decisions"].stat().st_size < 64 * 2**20:
-            mlflow.log_artifact(str(paths["decisions"]))
+        for key in ("metrics", "curve", "plot", "meta", "calibration"):
+            if key in paths:
+                mlflow.log_artifact(str(paths[key]))
+        for key in ("decisions", "cascade_decisions"):
+            if key in paths and paths[key].stat().st_size < 64 * 2**20:
+                mlflow.log_artifact(str(paths[key]))
         return run.info.run_id

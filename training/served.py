@@ -1,225 +1,281 @@
-"""The served default: which policy and knob ``model: thrifty`` uses.
+"""The served default: the cheapest setting certified to keep a quality target, with a stated confidence.
 
-:func:`fit_served_router` is what ``thrifty train`` serves: a router fitted on
-the training prompts whose *default* policy and knob are chosen on
-out-of-fold predictions of those same training prompts (K-fold by prompt
-text), never on the test split. The chosen setting is the one whose (mean
-cost, mean success) point lies farthest above the best-fixed hull of the
-training prompts (read at the setting's cost plus 10%), by a lower
-confidence bound of the paired per-prompt difference (two standard errors:
-the maximum over hundreds of settings is optimistic, and with one the choice
-found "margins" in predictions that were pure noise) and by at least half a
-point of success; when no setting is confidently above the hull, the router
-falls back to the best single model (``Threshold(2.0, fallback=...)``: no
-prediction reaches 2, so every request takes the fallback). Threshold
-policies fall back to the best single model of the training prompts (see
-:func:`training.sweep.policy_kwargs`).
+What ``model: thrifty`` serves after ``thrifty train``. The user states a
+target (default: 98% of the best single model's success) and a confidence
+(default 90%). The served setting — a policy, its knob, and a novelty cut
+above which a prompt goes to the best model — is the *cheapest* one whose
+quality loss against the best single model is certified to be within the
+target at that confidence (:mod:`training.certify`: Learn-then-Test,
+fixed-sequence, betting test). When no setting cheaper than the best model
+is certified, the best model is served, and the certificate says why with
+the numbers.
+
+**Evidence.** Settings are judged on cross-fitted predictions of the
+training prompts only (a test split kept apart stays untouched):
+
+* ``prompts``: K folds by prompt text — prompts like the training prompts;
+* ``tasks``: when the logs carry two or more task labels, folds made of
+  whole tasks (one task per fold when there are at most K; "leave tasks
+  out") — prompts of tasks the router never saw, which is what production
+  drift looks like. Their novelty scores are measured against each fold's
+  router, so this evidence also shows how much the cheap choices lose on
+  unfamiliar prompts.
+
+A setting is certified only if it passes on every evidence set (an
+intersection-union test: each at the family's level), so the promise holds
+for familiar prompts and for new tasks alike.
+
+**Settings.** First the *safe model*: the cheapest single model certified
+to keep the target on its own (the best model itself, unless a cheaper one
+ties with it — the top of zeroeval-gsm8k). Then two policy families
+(``threshold`` with the safe model as fallback, ``tradeoff``), each crossed
+with novelty cuts (none, and the 90/95/99% quantiles of the novelty of
+held-out training prompts): a prompt more novel than the cut goes to the
+safe model. Each (family, cut) is
+one fixed sequence from safe to cheap, tested at ``delta / (families + 1)``
+(the single models' sequence is the + 1).
+Shift awareness is thus calibrated, not guessed: the cut is used only when
+the held-out tasks show that cheap choices lose on novel prompts, and the
+prompts it sends to the best model are exactly those.
+
+**Prices.** Cost enters twice: the expected cost the policy weighs (the
+router's price table) and the logged cost the saving is measured with. The
+certificate stores the price table it was certified under; the router
+decides under that table (see :mod:`router.certificate`).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 
 from models.prices import PriceTable
+from router.certificate import Certificate, prices_digest
 from router.policy import make_policy
 from router.router import Router
-from training.dataset import OutcomeMatrix
+from training.certify import betting_pvalues, fixed_sequence, paired_loss
+from training.dataset import OutcomeMatrix, prompt_folds, task_folds
 from training.fit import cross_fit, fit_router
-from training.metrics import hull_value, pareto_hull
-from training.sweep import POLICIES, best_model_index, outcome_of, policy_kwargs, sweep_policy
+from training.sweep import POLICIES, best_model_index, knob_grid, policy_kwargs
+from training.targets import Target
 
 FALLBACK_KNOB = 2.0  # a threshold no probability reaches: every request takes the fallback model
 MIN_COMPLETE_PROMPTS = 30  # fewer prompts answered by every model: the default policy is left as it is
+DEFAULT_PREDICTOR = "ensemble"  # what `thrifty train` fits unless --predictor says otherwise
+DEFAULT_TARGET = Target(relative=0.98)
+DEFAULT_CONFIDENCE = 0.9
+NOVELTY_QUANTILES = (0.99, 0.95, 0.9)
+_EVIDENCE_NAMES = {"prompts": "held-out training prompts", "tasks": "prompts of held-out training tasks"}
+METHOD = "Learn-then-Test, fixed sequence per (policy, novelty cut), Bonferroni over them; betting test (Waudby-Smith & Ramdas)"
 
 
 @dataclass
-class Selection:
-    """The default policy chosen on out-of-fold predictions of the training prompts."""
+class Evidence:
+    """Cross-fitted predictions of ``n`` training prompts and their logged outcomes (complete rows only)."""
+
+    name: str  # "prompts" or "tasks"
+    p: np.ndarray  # (n, m) predicted success
+    cost_pred: np.ndarray  # (n, m) expected cost under the router's prices
+    novelty: np.ndarray  # (n,)
+    success: np.ndarray  # (n, m) logged
+    cost: np.ndarray  # (n, m) logged
+
+    @property
+    def n(self) -> int:
+        return len(self.p)
+
+    def averaged(self, others: Sequence["Evidence"]) -> "Evidence":
+        """The evidence of an ensemble: the mean of the members' predicted success (same folds, so the rest is shared)."""
+        return Evidence(self.name, np.mean([self.p, *[o.p for o in others]], axis=0), self.cost_pred, self.novelty, self.success, self.cost)
+
+
+def evidence_prompts(matrix: OutcomeMatrix, max_prompts: int | None, seed: int = 0) -> OutcomeMatrix:
+    """The prompts the evidence is cross-fitted on: all, or a seeded sample of ``max_prompts`` on large logs."""
+    if max_prompts is None or matrix.n_prompts <= max_prompts:
+        return matrix
+    return matrix.subset(np.sort(np.random.default_rng(seed).choice(matrix.n_prompts, max_prompts, replace=False)))
+
+
+def collect_evidence(
+    matrix: OutcomeMatrix, prices: PriceTable, *, predictor: str = "lightgbm", seed: int = 0, folds: int = 3, **fit_kw
+) -> list[Evidence]:
+    """Cross-fitted evidence on ``matrix``: by prompt, and by task when it has two or more tasks."""
+    parts = {"prompts": prompt_folds(matrix.texts, folds, seed)}
+    if len(set(map(str, matrix.tasks))) >= 2:
+        parts["tasks"] = task_folds(matrix.tasks, folds)
+    evidence = []
+    for name, split in parts.items():
+        P, C, N = cross_fit(matrix, prices, predictor=predictor, seed=seed, parts=split, **fit_kw)
+        complete = matrix.observed.all(axis=1) & ~np.isnan(matrix.cost).any(axis=1) & ~np.isnan(P).any(axis=1)
+        evidence.append(Evidence(name, P[complete], C[complete], N[complete], matrix.success[complete], matrix.cost[complete]))
+    return evidence
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One candidate served default: a policy, its knob and a novelty cut (None: no cut)."""
 
     policy: str
     knob: float
-    fallback: str | None  # the fixed model when the router never beats best fixed
-    margin: float  # validation quality above the best-fixed hull at the same cost
-    lcb: float  # margin minus z standard errors of the paired difference
-    cost: float
-    quality: float
-    best_model: str
-    per_policy: dict = field(default_factory=dict)  # policy -> best knob, margin, lcb, cost, quality
+    cut: float | None
 
-    def make_policy(self):
-        return make_policy(self.policy, self.knob, **policy_kwargs(self.policy, self.best_model))
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+    def choose(self, ev: Evidence, models: list[str], best: int) -> np.ndarray:
+        policy = make_policy(self.policy, self.knob, **policy_kwargs(self.policy, models[best]))
+        choice, _ = policy.choose(ev.p, ev.cost_pred, None, models)
+        if self.cut is not None:
+            choice = np.where(ev.novelty > self.cut, best, choice)
+        return choice
 
 
-def _hull_baseline(success: np.ndarray, cost: np.ndarray, at_cost: float) -> tuple[np.ndarray, float]:
-    """Per-prompt success of the best-fixed mixture at mean cost ``at_cost``, and its mean."""
-    mc, ms = cost.mean(axis=0), success.mean(axis=0)
-    hx, hy = pareto_hull(mc, ms)
-    # the hull's vertices are single models: find the segment holding at_cost
-    vertex = [int(np.flatnonzero((mc == x) & (ms == y))[0]) for x, y in zip(hx, hy)]
-    if at_cost <= hx[0]:  # as cheap as the cheapest model, or cheaper: compare with that model
-        return success[:, vertex[0]], float(hy[0])
-    if at_cost >= hx[-1]:
-        return success[:, vertex[-1]], float(hy[-1])
-    k = int(np.searchsorted(hx, at_cost))
-    w = (at_cost - hx[k - 1]) / (hx[k] - hx[k - 1])
-    base = (1 - w) * success[:, vertex[k - 1]] + w * success[:, vertex[k]]
-    return base, float(hull_value(hx, hy, at_cost))
+def _sequence(policy: str, cut: float | None, first: Evidence, n_knobs: int) -> list[Setting]:
+    """The settings of one family, from safe (everything to the best model) to cheap."""
+    grid = knob_grid(policy, first.p, first.cost_pred, n_knobs)
+    if policy == "threshold":
+        knobs = [FALLBACK_KNOB, *sorted(grid, reverse=True)]
+    else:
+        knobs = sorted(grid)
+    return [Setting(policy, float(k), cut) for k in knobs]
 
 
-def margin_stats(choice: np.ndarray, success: np.ndarray, cost: np.ndarray, cost_slack: float = 0.0) -> tuple[float, float, float, float]:
-    """(mean cost, mean success, margin above the best-fixed hull, standard error of the margin).
+def _safe_model(evidence: Sequence[Evidence], best: int, relative, absolute, delta: float, seed: int) -> int:
+    """The cheapest single model certified to keep the target: the safe end of every sequence.
 
-    The hull is read at the setting's mean cost times ``1 + cost_slack``.
+    Models are tested from the most to the least successful on the training
+    prompts (fixed sequence); for a relative target the best model itself
+    always passes. When the top models are near-ties, a cheaper one may be
+    certified, and then the fallback and the novelty guard use it.
     """
-    s, c = outcome_of(choice, success, cost)
-    mean_c, mean_s = float(c.mean()), float(s.mean())
-    base, hull_q = _hull_baseline(success, cost, mean_c * (1 + cost_slack))
-    d = s - base
-    se = float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else float("inf")
-    return mean_c, mean_s, mean_s - hull_q, se
+    first = evidence[0]
+    order = np.lexsort((first.cost.mean(axis=0), -first.success.mean(axis=0)))
+    pvalues = np.zeros(len(order))
+    for ev in evidence:
+        loss, low, high = paired_loss(ev.success[:, order], ev.success[:, best], relative=relative, absolute=absolute)
+        pv = betting_pvalues(loss, low, high, delta=delta, seed=seed)
+        if relative is not None:
+            pv[order == best] = 0.0
+        pvalues = np.maximum(pvalues, pv)
+    passed = order[: fixed_sequence(pvalues, delta)]
+    if not len(passed):
+        return best
+    return int(min(passed, key=lambda j: first.cost[:, j].mean()))
 
 
-def best_model_index(success: np.ndarray, cost: np.ndarray) -> int:
-    """Highest mean success; ties go to the cheaper model."""
-    return int(np.lexsort((cost.mean(axis=0), -success.mean(axis=0)))[0])
-
-
-def select_policy(
-    p: np.ndarray,
-    cost_pred: np.ndarray,
-    success: np.ndarray,
-    cost: np.ndarray,
+def certify_default(
+    evidence: Sequence[Evidence],
     models: Sequence[str],
     *,
+    target: Target = DEFAULT_TARGET,
+    confidence: float = DEFAULT_CONFIDENCE,
     policies: Sequence[str] = POLICIES,
-    z: float = 2.0,
-    min_margin: float = 0.005,
-    cost_slack: float = 0.1,
-    n_knobs: int = 256,
-) -> Selection:
-    """The policy and knob farthest above the best-fixed hull (by lower confidence bound) on these prompts.
+    n_knobs: int = 96,
+    novelty_quantiles: Sequence[float] | None = None,
+    seed: int = 0,
+) -> tuple[Setting, Certificate]:
+    """The cheapest certified setting (else everything to the best model) and its certificate (without prices).
 
-    A setting qualifies when its margin is at least ``min_margin`` and its
-    margin minus ``z`` standard errors is positive; with none qualifying, the
-    best single model is served. The margin is taken against the hull at the
-    setting's mean cost plus ``cost_slack`` (10%): on new prompts the mean
-    cost moves too, and where the hull is steep (among the cheap models) a
-    few percent of cost is worth many points of quality — without the slack
-    the choice favoured such spots and fell below the hull on held-out
-    prompts (zeroeval-gsm8k, zeroeval-math-l5).
-
-    ``p``/``cost_pred`` are held-out predictions for the prompts whose logged
-    outcomes are ``success``/``cost`` (all ``(n, m)``, complete).
+    ``evidence[0]`` is the in-distribution evidence (``prompts``): the saving is
+    measured there; every evidence set must pass.
     """
+    if target.quality is None and target.relative is None:
+        raise ValueError("the served default is certified against a quality target (--target-quality), not a cost target")
+    if not 0 < confidence < 1:
+        raise ValueError(f"--confidence {confidence}: give a probability in (0, 1), e.g. 0.9")
     models = list(models)
-    best = best_model_index(success, cost)
-    per_policy, winner = {}, None
-    for policy in policies:
-        top = None
-        kw = policy_kwargs(policy, models[best])
-        for knob, choice in sweep_policy(policy, p, cost_pred, n=n_knobs, models=models, **kw):
-            mean_c, mean_s, margin, se = margin_stats(choice, success, cost, cost_slack)
-            row = {"knob": knob, "margin": margin, "lcb": margin - z * se, "cost": mean_c, "quality": mean_s}
-            if margin < min_margin:  # a hair above the hull (a few prompts moved) is no reason to route
-                row["lcb"] = min(row["lcb"], margin - min_margin)
-            if top is None or row["lcb"] > top["lcb"]:
-                top = row
-        per_policy[policy] = top
-        if top is not None and (winner is None or top["lcb"] > per_policy[winner]["lcb"]):
-            winner = policy
-    best_row = per_policy[winner]
-    if best_row["lcb"] > 0:
-        return Selection(winner, best_row["knob"], None, best_row["margin"], best_row["lcb"], best_row["cost"], best_row["quality"], models[best], per_policy)
-    fixed = np.full(len(success), best)
-    mean_c, mean_s, margin, se = margin_stats(fixed, success, cost)
-    return Selection("threshold", FALLBACK_KNOB, models[best], margin, margin - z * se, mean_c, mean_s, models[best], per_policy)
+    first = evidence[0]
+    best = best_model_index(first.success, first.cost)
+    best_success = float(first.success[:, best].mean())
+    quantiles = NOVELTY_QUANTILES if novelty_quantiles is None else novelty_quantiles
+    cuts = [None, *sorted({float(np.quantile(first.novelty, q)) for q in quantiles}, reverse=True)]
+    families = [(policy, cut) for policy in policies for cut in cuts]
+    delta = (1 - confidence) / (len(families) + 1)  # + 1: the single models' sequence below
+    relative, absolute = target.relative, target.quality
+    floor = relative * best_success if relative is not None else absolute
+    target_text = f"{relative:.0%} of the best single model's success" if relative is not None else f"a mean success of {absolute:g}"
+    safe = _safe_model(evidence, best, relative, absolute, delta, seed)
+
+    candidates, stops = [], []
+    for policy, cut in families:
+        settings = _sequence(policy, cut, first, n_knobs)
+        pvalues = np.zeros(len(settings))
+        stats = {}
+        for ev in evidence:
+            choice = np.stack([s.choose(ev, models, safe) for s in settings], axis=1)
+            rows = np.arange(ev.n)[:, None]
+            s, c = ev.success[rows, choice], ev.cost[rows, choice]
+            loss, low, high = paired_loss(s, ev.success[:, best], relative=relative, absolute=absolute)
+            pv = betting_pvalues(loss, low, high, delta=delta, seed=seed)
+            if relative is not None:
+                pv[(choice == best).all(axis=0)] = 0.0  # everything to the best model: a loss of -(1 - r) x its success, never above 0
+            pvalues = np.maximum(pvalues, pv)
+            stats[ev.name] = (s.mean(axis=0) / max(float(ev.success[:, best].mean()), 1e-12), c.mean(axis=0) / max(float(ev.cost[:, best].mean()), 1e-300), pv)
+        passed = fixed_sequence(pvalues, delta)
+        in_success, in_cost, _ = stats[first.name]
+        at = lambda j: {e: (float(v[0][j]), float(v[1][j]), float(v[2][j])) for e, v in stats.items()}  # noqa: E731
+        if passed:
+            k = min(range(passed), key=lambda j: (in_cost[j], -in_success[j]))
+            candidates.append((in_cost[k], -in_success[k], policy, cut, settings[k], float(pvalues[k]), at(k)))
+        if passed < len(settings):
+            stops.append((in_cost[passed], settings[passed], float(pvalues[passed]), at(passed)))
+
+    common = dict(
+        best_model=models[best], safe_model=models[safe], target=target_text, confidence=confidence, relative=relative, absolute=absolute,
+        floor=float(floor), best_success=best_success, n_prompts=first.n, method=METHOD,
+    )
+    if candidates:
+        cost_ratio, neg_success, policy, cut, setting, p_value, per_evidence = min(candidates, key=lambda c: (c[0], c[1]))
+        if cost_ratio < 1 - 1e-9:
+            certificate = Certificate(
+                certified=True, policy=setting.policy, knob=setting.knob, success=-neg_success * best_success,
+                success_vs_best=-neg_success, cost_vs_best=float(cost_ratio), p_value=p_value, novelty_cut=cut,
+                evidence={e: {"success_vs_best": v[0], "cost_vs_best": v[1], "p_value": v[2]} for e, v in per_evidence.items()}, **common,
+            )
+            return setting, certificate
+    # nothing cheaper than the best model passed: say how close the cheapest failed attempt came
+    reason = "no setting passed"
+    if stops:
+        cost_ratio, failed, p_value, per_evidence = min(stops, key=lambda s: s[0])
+        shown = "; ".join(
+            f"{v[0]:.3f}x the success at {v[1]:.3f}x the cost of {models[best]} on {_EVIDENCE_NAMES[e]} (p = {v[2]:.2g})"
+            for e, v in per_evidence.items()
+        )
+        reason = (
+            f"the first setting not certified ({failed.policy} knob {failed.knob:.4g}{'' if failed.cut is None else f', novelty cut {failed.cut:.2f}'}) "
+            f"reached {shown}: short of {target_text} at {confidence:.0%} confidence (each p must be <= {delta:.2g})"
+        )
+    if absolute is not None and best_success < absolute:
+        reason = f"the best single model reaches only {best_success:.3f} on the training prompts, below the target {absolute:g}"
+    safe = Setting("threshold", FALLBACK_KNOB, None)
+    certificate = Certificate(
+        certified=False, policy="threshold", knob=FALLBACK_KNOB, success=best_success, success_vs_best=1.0, cost_vs_best=1.0,
+        reason=reason, **common,
+    )
+    return safe, certificate
 
 
-def _hull_baseline(success: np.ndarray, cost: np.ndarray, at_cost: float) -> tuple[np.ndarray, float]:
-    """Per-prompt success of the best-fixed mixture at mean cost ``at_cost``, and its mean."""
-    mc, ms = cost.mean(axis=0), success.mean(axis=0)
-    hx, hy = pareto_hull(mc, ms)
-    # the hull's vertices are single models: find the segment holding at_cost
-    vertex = [int(np.flatnonzero((mc == x) & (ms == y))[0]) for x, y in zip(hx, hy)]
-    if at_cost <= hx[0]:  # as cheap as the cheapest model, or cheaper: compare with that model
-        return success[:, vertex[0]], float(hy[0])
-    if at_cost >= hx[-1]:
-        return success[:, vertex[-1]], float(hy[-1])
-    k = int(np.searchsorted(hx, at_cost))
-    w = (at_cost - hx[k - 1]) / (hx[k] - hx[k - 1])
-    base = (1 - w) * success[:, vertex[k - 1]] + w * success[:, vertex[k]]
-    return base, float(hull_value(hx, hy, at_cost))
+def serve(router: Router, evidence: Sequence[Evidence], **certify_kw) -> tuple[Router, Certificate]:
+    """``router`` with its default policy certified on ``evidence``; the certificate carries the prices it holds under.
 
-
-def margin_stats(choice: np.ndarray, success: np.ndarray, cost: np.ndarray, cost_slack: float = 0.0) -> tuple[float, float, float, float]:
-    """(mean cost, mean success, margin above the best-fixed hull, standard error of the margin).
-
-    The hull is read at the setting's mean cost times ``1 + cost_slack``.
+    The evidence must come from routers fitted with the same prices as ``router`` (its ``prices_``).
     """
-    s, c = outcome_of(choice, success, cost)
-    mean_c, mean_s = float(c.mean()), float(s.mean())
-    base, hull_q = _hull_baseline(success, cost, mean_c * (1 + cost_slack))
-    d = s - base
-    se = float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else float("inf")
-    return mean_c, mean_s, mean_s - hull_q, se
-
-
-def select_policy(
-    p: np.ndarray,
-    cost_pred: np.ndarray,
-    success: np.ndarray,
-    cost: np.ndarray,
-    models: Sequence[str],
-    *,
-    policies: Sequence[str] = POLICIES,
-    z: float = 2.0,
-    min_margin: float = 0.005,
-    cost_slack: float = 0.1,
-    n_knobs: int = 256,
-) -> Selection:
-    """The policy and knob farthest above the best-fixed hull (by lower confidence bound) on these prompts.
-
-    A setting qualifies when its margin is at least ``min_margin`` and its
-    margin minus ``z`` standard errors is positive; with none qualifying, the
-    best single model is served. The margin is taken against the hull at the
-    setting's mean cost plus ``cost_slack`` (10%): on new prompts the mean
-    cost moves too, and where the hull is steep (among the cheap models) a
-    few percent of cost is worth many points of quality — without the slack
-    the choice favoured such spots and fell below the hull on held-out
-    prompts (zeroeval-gsm8k, zeroeval-math-l5).
-
-    ``p``/``cost_pred`` are held-out predictions for the prompts whose logged
-    outcomes are ``success``/``cost`` (all ``(n, m)``, complete).
-    """
-    models = list(models)
-    best = best_model_index(success, cost)
-    per_policy, winner = {}, None
-    for policy in policies:
-        top = None
-        kw = policy_kwargs(policy, models[best])
-        for knob, choice in sweep_policy(policy, p, cost_pred, n=n_knobs, models=models, **kw):
-            mean_c, mean_s, margin, se = margin_stats(choice, success, cost, cost_slack)
-            row = {"knob": knob, "margin": margin, "lcb": margin - z * se, "cost": mean_c, "quality": mean_s}
-            if margin < min_margin:  # a hair above the hull (a few prompts moved) is no reason to route
-                row["lcb"] = min(row["lcb"], margin - min_margin)
-            if top is None or row["lcb"] > top["lcb"]:
-                top = row
-        per_policy[policy] = top
-        if top is not None and (winner is None or top["lcb"] > per_policy[winner]["lcb"]):
-            winner = policy
-    best_row = per_policy[winner]
-    if best_row["lcb"] > 0:
-        return Selection(winner, best_row["knob"], None, best_row["margin"], best_row["lcb"], best_row["cost"], best_row["quality"], models[best], per_policy)
-    fixed = np.full(len(success), best)
-    mean_c, mean_s, margin, se = margin_stats(fixed, success, cost)
-    return Selection("threshold", FALLBACK_KNOB, models[best], margin, margin - z * se, mean_c, mean_s, models[best], per_policy)
+    complete = [ev for ev in evidence if ev.n >= MIN_COMPLETE_PROMPTS]
+    table = router.prices_.to_dict()
+    if not complete or complete[0].name != "prompts":
+        # partial logs (served traffic): no prompt shows every model's outcome, so no
+        # setting can be replayed; the router keeps the policy it was built with
+        policy = router.policy_
+        certificate = Certificate(
+            certified=False, policy=policy.name, knob=float(policy.knob), best_model="", target="", confidence=math.nan,
+            reason=f"fewer than {MIN_COMPLETE_PROMPTS} training prompts were answered by every model: no setting can be replayed",
+            prices_sha256=prices_digest(table), prices=table,
+        )
+        return router.with_policy(policy, certificate_=certificate), certificate
+    setting, certificate = certify_default(complete, router.models_, **certify_kw)
+    certificate = Certificate.from_dict({**certificate.to_dict(), "prices_sha256": prices_digest(table), "prices": table})
+    policy = make_policy(setting.policy, setting.knob, **policy_kwargs(setting.policy, certificate.safe_model))
+    return router.with_policy(policy, certificate_=certificate), certificate
 
 
 def fit_served_router(
@@ -229,49 +285,22 @@ def fit_served_router(
     predictor: str = "lightgbm",
     seed: int = 0,
     folds: int = 3,
-    policies: Sequence[str] = POLICIES,
-    z: float = 2.0,
     max_select_prompts: int | None = None,
+    target: Target = DEFAULT_TARGET,
+    confidence: float = DEFAULT_CONFIDENCE,
+    policies: Sequence[str] = POLICIES,
     fit=None,
     **fit_kw,
-) -> tuple[Router, Selection]:
-    """A router fitted on every prompt of ``matrix``, with its default policy chosen on out-of-fold predictions.
+) -> tuple[Router, Certificate]:
+    """A router fitted on every prompt of ``matrix``, its default certified on cross-fitted predictions of them.
 
-    The knob is chosen on prompts of ``matrix`` only (cross-fitting), so a test
-    split kept apart from ``matrix`` stays untouched. Prompts where some model
-    has no logged outcome are left out of the choice (the sweep needs every
-    model's outcome). This is what ``thrifty train`` serves::
-
-        router, selection = fit_served_router(train_matrix, prices, predictor=predictor, seed=seed)
-
+    On large logs the evidence comes from a random subset of
+    ``max_select_prompts`` prompts (the certificate needs enough prompts to be
+    sure, not K extra fits on every row). This is what ``thrifty train`` serves.
     ``fit`` fits the served router (default ``fit_router``; ``training.distributed``
-    passes its Dask fit); the out-of-fold fits of the choice stay local.
+    passes its Dask fit); the cross-fits of the evidence stay local.
     """
-    fit = fit or fit_router
-    if max_select_prompts is not None and matrix.n_prompts > max_select_prompts:
-        # On large logs the knob is chosen on a random subset of the prompts: the
-        # choice needs a good estimate of where the router beats the hull, not
-        # K extra fits on every row (which would multiply training time by K+1).
-        pick = np.sort(np.random.default_rng(seed).choice(matrix.n_prompts, max_select_prompts, replace=False))
-        sub = matrix.subset(pick)
-        P, C = cross_fit(sub, prices, predictor=predictor, seed=seed, folds=folds, **fit_kw)
-        router = fit(matrix, prices, predictor=predictor, seed=seed, **fit_kw)
-        return choose_default(router, sub, P, C, policies=policies, z=z)
-    P, C = cross_fit(matrix, prices, predictor=predictor, seed=seed, folds=folds, **fit_kw)
-    router = fit(matrix, prices, predictor=predictor, seed=seed, **fit_kw)
-    return choose_default(router, matrix, P, C, policies=policies, z=z)
-
-
-def choose_default(
-    router: Router, matrix: OutcomeMatrix, P: np.ndarray, C: np.ndarray, *, policies: Sequence[str] = POLICIES, z: float = 2.0
-) -> tuple[Router, Selection]:
-    """``router`` with the default policy chosen on out-of-fold predictions ``P``/``C`` of ``matrix``, and the choice."""
-    complete = matrix.observed.all(axis=1) & ~np.isnan(P).any(axis=1) & ~np.isnan(matrix.cost).any(axis=1)
-    if complete.sum() < MIN_COMPLETE_PROMPTS:
-        # partial logs (served traffic): no prompt shows every model's outcome, so no
-        # sweep can be replayed; the router keeps the policy it was built with
-        policy = router.policy_
-        selection = Selection(policy.name, float(policy.knob), None, float("nan"), float("nan"), float("nan"), float("nan"), "", {})
-        return router.with_policy(policy, selection_=selection.to_dict()), selection
-    selection = select_policy(P[complete], C[complete], matrix.success[complete], matrix.cost[complete], matrix.models, policies=policies, z=z)
-    return router.with_policy(selection.make_policy(), selection_=selection.to_dict()), selection
+    sub = evidence_prompts(matrix, max_select_prompts, seed)
+    evidence = collect_evidence(sub, prices, predictor=predictor, seed=seed, folds=folds, **fit_kw)
+    router = (fit or fit_router)(matrix, prices, predictor=predictor, seed=seed, **fit_kw)
+    return serve(router, evidence, target=target, confidence=confidence, policies=policies, seed=seed)

@@ -1,8 +1,7 @@
-"""``thrifty train``: logs in, a registered router out."""
+"""``thrifty train``: logs in, a registered router with a certified default out."""
 
 from __future__ import annotations
 
-import json
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,24 +10,28 @@ from typing import Sequence
 import numpy as np
 
 from models.catalog import Catalog
+from router.certificate import Certificate
 from router.router import Router
 from training import tracking
 from training.dataset import OutcomeMatrix, frame_hash, propensity_weights, split_by_prompt
 from training.fit import calibration_table, evaluate_router, resolve_prices
 from training.logs import read_logs
+from training.outputs import write_json
 from training.plots import calibration_plot
 from training.progress import bar
-from training.served import fit_served_router
+from training.served import DEFAULT_CONFIDENCE, DEFAULT_PREDICTOR, DEFAULT_TARGET, fit_served_router
+from training.targets import Target
 
 
 @dataclass
 class TrainResult:
     router: Router
     metrics: dict[str, dict[str, float]]
+    certificate: Certificate
     run_id: str | None = None
     version: str | None = None
     inferred_prices: list[str] = field(default_factory=list)
-    selection: dict = field(default_factory=dict)
+    outputs: dict[str, Path] = field(default_factory=dict)
     n_rows: int = 0
     n_train: int = 0
     n_test: int = 0
@@ -42,11 +45,42 @@ class TrainResult:
         return {k: mean(k) for k in ("auc", "brier", "log_loss", "token_log_mae")}
 
 
+def certificate_metrics(certificate: Certificate) -> dict[str, float]:
+    """The certificate's numbers as MLflow metrics (``certificate/...``)."""
+    values = {
+        "certified": float(certificate.certified),
+        "floor": certificate.floor,
+        "confidence": certificate.confidence,
+        "expected_cost_vs_best": certificate.cost_vs_best,
+        "expected_success_vs_best": certificate.success_vs_best,
+        "p_value": certificate.p_value,
+    }
+    return {f"certificate/{k}": float(v) for k, v in values.items() if v is not None and np.isfinite(v)}
+
+
+def write_outputs(out_dir: Path, router: Router, test: OutcomeMatrix, metrics: dict, certificate: Certificate) -> dict[str, Path]:
+    """calibration.png, metrics.json, certificate.json and prices.json in ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "calibration": out_dir / "calibration.png",
+        "metrics": out_dir / "metrics.json",
+        "certificate": out_dir / "certificate.json",
+        "prices": out_dir / "prices.json",
+    }
+    calibration_plot(calibration_table(router, test), paths["calibration"], f"calibration on {test.n_prompts} held-out prompts")
+    write_json(paths["metrics"], metrics)
+    write_json(paths["certificate"], certificate.to_dict())
+    write_json(paths["prices"], router.prices_.to_dict())
+    return paths
+
+
 def train(
     log_paths: Sequence[str | Path],
     catalog: Catalog,
     *,
-    predictor: str = "lightgbm",
+    predictor: str = DEFAULT_PREDICTOR,
+    target: Target = DEFAULT_TARGET,
+    confidence: float = DEFAULT_CONFIDENCE,
     test_size: float = 0.2,
     seed: int = 0,
     experiment: str = "thrifty",
@@ -55,12 +89,14 @@ def train(
     alias: str = tracking.CHAMPION,
     propensity_clip: float = 20.0,
     select_prompts: int = 3000,
+    out_dir: Path | None = None,
     progress: bool = False,
     echo=lambda msg: None,
     dask_client=None,
 ) -> TrainResult:
-    """Read logs, fit on a split by prompt, measure on the rest, log and register in MLflow.
+    """Read logs, fit on a split by prompt, certify the served default, measure on the rest, log and register in MLflow.
 
+    ``out_dir``: also write the plots and JSON outputs there (they always go to the MLflow run).
     With ``dask_client`` (a ``distributed.Client``) the logs are read, the prompts
     featurised and the served router's success booster trained on the cluster's
     workers (see ``training.distributed``); the router is the same kind either way.
@@ -87,18 +123,19 @@ def train(
         weighted = propensity_weights(matrix, propensity_clip) is not None
         if weighted:
             echo(f"logs carry propensities: inverse-propensity weights (clipped at {propensity_clip:g})")
-        # The default policy and knob (what `model: thrifty` serves) are chosen by
-        # cross-fitting on the training prompts only; the held-out part stays untouched.
-        router, selection = fit_served_router(
-            matrix.subset(train_idx), prices, predictor=predictor, seed=seed, propensity_clip=propensity_clip, max_select_prompts=select_prompts,
-            fit=fit,
+        # The served default (what `model: thrifty` gets) is certified on cross-fitted
+        # predictions of the training prompts only; the held-out part stays untouched.
+        router, certificate = fit_served_router(
+            matrix.subset(train_idx), prices, predictor=predictor, seed=seed, propensity_clip=propensity_clip,
+            max_select_prompts=select_prompts, target=target, confidence=confidence, fit=fit,
         )
         steps.update(1)
         test = matrix.subset(test_idx)
         metrics = evaluate_router(router, test)
         steps.update(1)
-        result = TrainResult(router, metrics, inferred_prices=inferred, n_rows=len(frame), n_train=len(train_idx), n_test=len(test_idx),
-                             selection=selection.to_dict())
+        result = TrainResult(router, metrics, certificate, inferred_prices=inferred, n_rows=len(frame), n_train=len(train_idx), n_test=len(test_idx))
+        if out_dir is not None:
+            result.outputs = write_outputs(Path(out_dir), router, test, metrics, certificate)
         if register:
             params = {
                 "logs": ",".join(str(p) for p in log_paths)[:500],
@@ -108,6 +145,8 @@ def train(
                 "predictor": predictor,
                 "test_size": test_size,
                 "seed": seed,
+                "target": target.describe(),
+                "confidence": confidence,
                 "data_sha256": frame_hash(frame),
                 "prices_sha256": tracking.prices_hash(prices),
                 "catalog_models": len(catalog),
@@ -124,17 +163,20 @@ def train(
                 mlflow.log_params(params)
                 tracking.log_metrics_nested(metrics, prefix="test/")
                 mlflow.log_metrics({f"test/mean_{k}": v for k, v in result.summary().items() if np.isfinite(v)})
-                with tempfile.TemporaryDirectory() as tmp:
-                    tmp = Path(tmp)
-                    calibration_plot(calibration_table(router, test), tmp / "calibration.png", f"calibration on {len(test_idx)} held-out prompts")
-                    (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
-                    (tmp / "prices.json").write_text(json.dumps(prices.to_dict(), indent=2))
-                    (tmp / "policy_selection.json").write_text(json.dumps(result.selection, indent=2, default=str))
-                    mlflow.log_artifacts(str(tmp))
+                mlflow.log_metrics(certificate_metrics(certificate))
+                mlflow.set_tags({"certificate": certificate.describe()[:5000]})
+                if result.outputs:
+                    mlflow.log_artifacts(str(out_dir))
+                else:
+                    with tempfile.TemporaryDirectory() as tmp:
+                        write_outputs(Path(tmp), router, test, metrics, certificate)
+                        mlflow.log_artifacts(tmp)
                 steps.update(1)
                 result.run_id = run.info.run_id
                 result.version = tracking.register_router(
-                    router, name, alias=alias, tags={"data_sha256": params["data_sha256"], "predictor": predictor}
+                    router, name, alias=alias,
+                    tags={"data_sha256": params["data_sha256"], "predictor": predictor, "certified": certificate.certified,
+                          "certificate": certificate.describe()[:5000]},
                 )
         steps.update(steps.total - steps.n)
         return result

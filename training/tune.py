@@ -7,14 +7,17 @@ chosen on a validation split and reported on a separate test split.
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
+
 from models.prices import PriceTable
 from router.policy import make_policy
 from router.router import Router
+from training.certify import betting_pvalues, fixed_sequence, paired_loss
+from training.served import FALLBACK_KNOB
 from training.sweep import POLICIES, outcome_of, sweep_policy
 from training.targets import Target, TargetError
 
@@ -31,36 +34,72 @@ class TuneResult:
     n_test: int
 
 
-def choose_setting(points: list[dict], target: Target, best_single: float, z: float = 0.0) -> dict:
-    """The setting that meets ``target`` on the validation points: cheapest above a quality floor, or best under a cost cap.
+def certify_setting(
+    policies: Sequence[str],
+    knobs: Sequence[float],
+    success: np.ndarray,
+    cost: np.ndarray,
+    best_success: np.ndarray,
+    target: Target,
+    *,
+    confidence: float = 0.9,
+    seed: int = 0,
+) -> dict:
+    """The setting certified to meet ``target`` with ``confidence`` on the validation prompts: the cheapest above a quality
+    floor, or the best under a cost cap.
 
-    With ``z > 0`` a setting must meet the target by ``z`` standard errors
-    (``quality_se`` / ``cost_se`` of a point): the cheapest setting that just
-    meets a floor on the validation prompts falls short of it on new prompts
-    about half the time.
+    Settings ``k`` (``policies[k]``, ``knobs[k]``; ``success``/``cost`` are the
+    logged outcomes of their choices, ``(n, K)``) are tested per policy in
+    the order given, from safe to risky for the target (a sweep's order for a
+    quality floor, reversed for a cost cap), with the betting test and
+    fixed-sequence testing of :mod:`training.certify` at
+    ``(1 - confidence) / policies``. ``best_success``: per prompt, the success
+    of the validation prompts' best single model (a relative floor is paired
+    with it).
     """
-    floor = target.quality_floor(best_single)
-    if floor is not None:
-        ok = [p for p in points if p["quality"] - z * p.get("quality_se", 0.0) >= floor - 1e-12]
-        if not ok:
-            top = max(points, key=lambda p: (p["quality"] - z * p.get("quality_se", 0.0), -p["cost"]))
-            sure = f" by {z:g} standard error(s)" if z > 0 else ""
-            raise TargetError(
-                f"target {target.describe(best_single)} cannot be met{sure}: the best setting of this router reaches "
-                f"{top['quality']:.3f} ± {top.get('quality_se', 0.0):.3f} (at ${top['cost']:.3g} per request) on the validation split"
-                + (" (lower --z to accept a smaller margin)" if z > 0 and top["quality"] >= floor else "")
-            )
-        return min(ok, key=lambda p: (p["cost"], -p["quality"]))
-    cap = target.cost_cap
-    ok = [p for p in points if p["cost"] + z * p.get("cost_se", 0.0) <= cap * (1 + 1e-12)]
-    if not ok:
-        low = min(points, key=lambda p: (p["cost"] + z * p.get("cost_se", 0.0), -p["quality"]))
-        sure = f" by {z:g} standard error(s)" if z > 0 else ""
-        raise TargetError(
-            f"target {target.describe()} cannot be met{sure}: the cheapest setting of this router costs "
-            f"${low['cost']:.3g} ± {low.get('cost_se', 0.0):.2g} per request on the validation split"
-        )
-    return max(ok, key=lambda p: (p["quality"], -p["cost"]))
+    if not 0 < confidence < 1:
+        raise ValueError(f"--confidence {confidence}: give a probability in (0, 1), e.g. 0.9")
+    names = list(dict.fromkeys(policies))
+    delta = (1 - confidence) / len(names)
+    quality_target = target.cost_cap is None
+    mean_s, mean_c = success.mean(axis=0), cost.mean(axis=0)
+    if quality_target:
+        loss, low, high = paired_loss(success, best_success, relative=target.relative, absolute=target.quality)
+    else:
+        cap = target.cost_cap
+    certified, closest = [], None
+    for name in names:
+        ks = [k for k, p in enumerate(policies) if p == name]
+        order = ks if quality_target else ks[::-1]
+        if quality_target:
+            pv = betting_pvalues(loss[:, order], low, high, delta=delta, seed=seed)
+        else:
+            # a call's cost has no bound known in advance: each setting is bounded by its largest cost on these prompts
+            pv = np.array([
+                0.0 if cost[:, k].max() <= cap else betting_pvalues(cost[:, k] - cap, -cap, float(cost[:, k].max()) - cap, delta=delta, seed=seed)[0]
+                for k in order
+            ])
+        passed = fixed_sequence(pv, delta)
+        certified += order[:passed]
+        if passed < len(order):
+            k = order[passed]
+            if closest is None or pv[passed] < closest[1]:
+                closest = (k, float(pv[passed]))
+    def point(k: int, p: float | None = None) -> dict:
+        return {"policy": policies[k], "knob": float(knobs[k]), "cost": float(mean_c[k]), "quality": float(mean_s[k]), "p_value": p}
+
+    if certified:
+        key = (lambda k: (mean_c[k], -mean_s[k])) if quality_target else (lambda k: (-mean_s[k], mean_c[k]))
+        return point(min(certified, key=key))
+    best = float(best_success.mean())
+    shown = "" if closest is None else (
+        f": the first setting not certified ({policies[closest[0]]} knob {knobs[closest[0]]:.4g}) reaches success {mean_s[closest[0]]:.3f} "
+        f"at ${mean_c[closest[0]]:.3g} per request (p = {closest[1]:.2g} > {delta:.2g})"
+    )
+    raise TargetError(
+        f"target {target.describe(best)} cannot be met with {confidence:.0%} confidence on the {len(success)} prompts of the validation split{shown}"
+        " (lower --confidence, or ask for less)"
+    )
 
 
 def tune(
@@ -78,7 +117,7 @@ def tune(
     seed: int = 0,
     task_holdout: str | None = None,
     validation_size: float = 0.3,
-    z: float = 1.0,
+    confidence: float = 0.9,
     n_knobs: int = 256,
     save: bool = True,
     echo=lambda msg: None,
@@ -93,10 +132,14 @@ def tune(
     chosen on the rest; that router is saved beside the profile and the
     profile points at it. Either
     way the reported quality and cost are those of the test split, which the
-    choice never saw. A setting must meet the target on the validation split
-    by ``z`` standard errors (default 1), so that it holds on new prompts more
-    often than a coin flip. Only settings a profile can express are considered:
+    choice never saw. A setting must be certified to meet the target with
+    ``confidence`` on the validation split (:func:`certify_setting`), so that it
+    holds on new prompts that often. Only settings a profile can express are considered:
     ``threshold`` (most-likely fallback) and ``tradeoff``, each with its knob.
+    A quality target no setting is certified for gives, as ``thrifty train``
+    does, a profile that sends every request to the most likely model, with
+    ``validation["certified"]`` False and the reason; a cost cap that cannot be
+    certified raises :class:`TargetError`.
     """
     from router.persist import save_router
     from router.profiles import Profile, save_profile, validate_name
@@ -127,22 +170,27 @@ def tune(
         P, C = s.p, s.cost
     models = list(val.models)
     best_single = float(val.success.mean(axis=0).max())
-    points = []
+    best = int(np.argmax(val.success.mean(axis=0)))
+    names, knobs, choices = [], [], []
     for policy in policies:
         for knob, choice in sweep_policy(policy, P, C, n=n_knobs, models=models):
-            s_, c_ = outcome_of(choice, val.success, val.cost)
-            n = max(len(s_) - 1, 1)
-            points.append(
-                {
-                    "policy": policy,
-                    "knob": knob,
-                    "cost": float(c_.mean()),
-                    "quality": float(s_.mean()),
-                    "cost_se": float(c_.std() / math.sqrt(n)),
-                    "quality_se": float(s_.std() / math.sqrt(n)),
-                }
-            )
-    chosen = choose_setting(points, target, best_single, z)
+            names.append(policy)
+            knobs.append(knob)
+            choices.append(choice)
+    rows = np.arange(val.n_prompts)[:, None]
+    choice = np.stack(choices, axis=1)
+    try:
+        chosen = certify_setting(names, knobs, val.success[rows, choice], val.cost[rows, choice], val.success[:, best], target,
+                                 confidence=confidence, seed=seed)
+    except TargetError as exc:
+        if target.cost_cap is not None or (target.quality is not None and best_single < target.quality):
+            raise  # a cost cap, or a floor above every model: no fallback meets it
+        # As `thrifty train` does: a quality floor nothing cheaper is certified for is
+        # served by the most likely model (threshold at FALLBACK_KNOB), and said so.
+        fallback, _ = make_policy("threshold", FALLBACK_KNOB).choose(P, C, None, models)
+        fs, fc = outcome_of(fallback, val.success, val.cost)
+        chosen = {"policy": "threshold", "knob": FALLBACK_KNOB, "cost": float(fc.mean()), "quality": float(fs.mean()),
+                  "p_value": None, "not_certified": str(exc)}
     policy_obj = make_policy(chosen["policy"], chosen["knob"])
     st = router.score_features(router.features(test.texts), test.prompt_tokens(), prices, models=models)
     choice, _ = policy_obj.choose(st.p, st.cost, None, models)
@@ -157,7 +205,9 @@ def tune(
         if router_uri is None:
             router_path = save_router(router, profiles_dir / f"{name}.router.joblib")
             router_uri = str(router_path.resolve())
-    validation = {"cost": chosen["cost"], "quality": chosen["quality"], "best_single": best_single}
+    validation = {"cost": chosen["cost"], "quality": chosen["quality"], "best_single": best_single, "certified": "not_certified" not in chosen}
+    if "not_certified" in chosen:
+        validation["not_certified"] = chosen["not_certified"]
     profile = Profile(
         name=name,
         policy=chosen["policy"],
@@ -167,6 +217,7 @@ def tune(
         target={
             "asked": target.describe(best_single),
             **{k: v for k, v in asdict(target).items() if v is not None},
+            "confidence": confidence,
             "validation": validation,
             "test": test_report,
             "validation_prompts": int(val.n_prompts),

@@ -19,6 +19,8 @@ report, how slowly, and which fault to inject::
     fake.configure("gpt-x", status=500, fail_rate=0.3)  # a 5xx storm: 30% of calls fail
     fake.configure("gpt-x", omit_done=True)             # the finish, then the connection closes: no [DONE]
     fake.configure("claude-y", prefill="reject")        # a trailing assistant message gets a 400
+    fake.configure("gpt-x", status=400, echo_key=True)  # error texts repeat the key the request carried
+    fake.configure("claude-y", input_tokens=100_000, cache_read_tokens=900_000)  # usage with prompt-cache reads
 
 A trailing assistant message (a prefill) is, by default, continued on
 ``/v1/messages`` (the answer is the rest of the planned text after it, as
@@ -88,6 +90,11 @@ class Behavior:
     context_length_error: bool = False  # the provider's own context-length 400
     content_filter: bool = False  # OpenAI finish_reason "content_filter" / Anthropic stop_reason "refusal"
     stop_reason: str | None = None  # force a stop reason (native value of the protocol)
+    echo_key: bool = False  # every error text (HTTP errors, 401s, stream error events) repeats the key received
+    # prompt caching: input tokens read from / written to the cache, reported as the protocol does
+    # (OpenAI: part of prompt_tokens, in prompt_tokens_details; Anthropic: beside input_tokens)
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
 
 
 @dataclass
@@ -153,17 +160,18 @@ class FakeProvider:
             return body, behavior, Response(status_code=500)  # never reaches the client: the connection is gone
         if behavior.delay_before_headers:
             await asyncio.sleep(behavior.delay_before_headers)
+        key = received_key(request)
         if self.api_keys is not None:
-            key = request.headers.get("x-api-key") or request.headers.get("authorization", "").removeprefix("Bearer ")
             if key not in self.api_keys:
                 return body, behavior, self._error(endpoint, 401, "invalid x-api-key / Incorrect API key provided: " + key)
         if behavior.context_length_error:
             if endpoint == "openai":
                 return body, behavior, JSONResponse(
-                    {"error": {"message": "This model's maximum context length is 8192 tokens. However, your messages "
-                               "resulted in 9000 tokens.", "type": "invalid_request_error", "param": "messages",
+                    {"error": {"message": echoed(behavior, "This model's maximum context length is 8192 tokens. However, "
+                                                 "your messages resulted in 9000 tokens.", key),
+                               "type": "invalid_request_error", "param": "messages",
                                "code": "context_length_exceeded"}}, status_code=400)
-            return body, behavior, self._error(endpoint, 400, "prompt is too long: 210000 tokens > 200000 maximum")
+            return body, behavior, self._error(endpoint, 400, echoed(behavior, "prompt is too long: 210000 tokens > 200000 maximum", key))
         if self._prefill_mode(behavior, endpoint) == "reject" and _prefill(body) is not None:
             return body, behavior, self._error(
                 endpoint, 400, "This model does not support assistant message prefill. The conversation must end "
@@ -179,8 +187,8 @@ class FakeProvider:
                 fail = behavior.fail_times is None or failed < behavior.fail_times
             if fail:
                 headers = {"retry-after": str(behavior.retry_after)} if behavior.retry_after is not None else {}
-                return body, behavior, self._error(endpoint, behavior.status, behavior.error_message, headers,
-                                                   code=behavior.error_code)
+                message = echoed(behavior, behavior.error_message, key)
+                return body, behavior, self._error(endpoint, behavior.status, message, headers, code=behavior.error_code)
         return body, behavior, None
 
     @staticmethod
@@ -226,7 +234,8 @@ class FakeProvider:
             return [" ".join(words[i : i + size]) + (" " if i + size < len(words) else "") for i in range(0, len(words), size)]
         return [w + (" " if i < len(words) - 1 else "") for i, w in enumerate(words)]
 
-    async def _sse(self, events: list[bytes], behavior: Behavior) -> AsyncIterator[bytes]:
+    async def _sse(self, events: list[bytes], behavior: Behavior, key: str = "") -> AsyncIterator[bytes]:
+        """``events``, with the stream faults of ``behavior``; ``key``: the key the request carried (for ``echo_key``)."""
         for n, event in enumerate(events):
             if behavior.cut_after_chunks is not None and n >= behavior.cut_after_chunks:
                 raise _Cut("injected cut")
@@ -236,10 +245,11 @@ class FakeProvider:
                 return
             if behavior.error_event_after_chunks is not None and n == behavior.error_event_after_chunks:
                 if event.startswith(b"event:"):
-                    yield (b'event: error\ndata: {"type": "error", "error": {"type": "overloaded_error", '
-                           b'"message": "Overloaded"}}\n\n')
+                    error = {"type": "error", "error": {"type": "overloaded_error", "message": echoed(behavior, "Overloaded", key)}}
+                    yield f"event: error\ndata: {json.dumps(error)}\n\n".encode()
                 else:
-                    yield b'data: {"error": {"message": "The server had an error while processing your request."}}\n\n'
+                    message = echoed(behavior, "The server had an error while processing your request.", key)
+                    yield f"data: {json.dumps({'error': {'message': message}})}\n\n".encode()
                 return
             if behavior.stall_after_chunks is not None and n == behavior.stall_after_chunks:
                 await asyncio.sleep(behavior.stall_s)
@@ -260,7 +270,12 @@ class FakeProvider:
         finish = behavior.stop_reason or ("content_filter" if behavior.content_filter else "tool_calls" if call else "stop")
         if behavior.content_filter:
             text = ""
-        usage = {"prompt_tokens": input_tokens, "completion_tokens": output_tokens, "total_tokens": input_tokens + output_tokens}
+        prompt_tokens = input_tokens + behavior.cache_read_tokens + behavior.cache_write_tokens
+        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": output_tokens, "total_tokens": prompt_tokens + output_tokens}
+        if behavior.cache_read_tokens or behavior.cache_write_tokens:
+            usage["prompt_tokens_details"] = {"cached_tokens": behavior.cache_read_tokens, "audio_tokens": 0}
+            if behavior.cache_write_tokens:
+                usage["prompt_tokens_details"]["cache_write_tokens"] = behavior.cache_write_tokens
         completion_id = f"chatcmpl-{uuid.uuid4().hex[:20]}"
         created = int(time.time())
         tool_calls = None
@@ -304,7 +319,7 @@ class FakeProvider:
                 events.append(chunk(None, usage=usage))
             if not behavior.omit_done:
                 events.append(b"data: [DONE]\n\n")
-        return StreamingResponse(self._sse(events, behavior), media_type="text/event-stream")
+        return StreamingResponse(self._sse(events, behavior, received_key(request)), media_type="text/event-stream")
 
     # -- Anthropic ------------------------------------------------------------------------
     async def _anthropic(self, request: Request) -> Response:
@@ -331,7 +346,8 @@ class FakeProvider:
                 "id": message_id, "type": "message", "role": "assistant", "model": model, "content": content,
                 "stop_reason": stop, "stop_sequence": None,
                 "usage": {"input_tokens": input_tokens, "output_tokens": output_tokens,
-                          "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0},
+                          "cache_creation_input_tokens": behavior.cache_write_tokens,
+                          "cache_read_input_tokens": behavior.cache_read_tokens},
             })
 
         def event(payload: dict) -> bytes:
@@ -340,8 +356,9 @@ class FakeProvider:
         events = [event({"type": "message_start", "message": {
             "id": message_id, "type": "message", "role": "assistant", "model": model, "content": [],
             "stop_reason": None, "stop_sequence": None,
-            "usage": {"input_tokens": input_tokens, "output_tokens": 1, "cache_creation_input_tokens": 0,
-                      "cache_read_input_tokens": 0}}})]
+            "usage": {"input_tokens": input_tokens, "output_tokens": 1,
+                      "cache_creation_input_tokens": behavior.cache_write_tokens,
+                      "cache_read_input_tokens": behavior.cache_read_tokens}}})]
         events.append(event({"type": "ping"}))
         for index, block in enumerate(content):
             if block["type"] == "text":
@@ -362,7 +379,17 @@ class FakeProvider:
                                  "usage": {"output_tokens": output_tokens}}))
             if not behavior.omit_done:
                 events.append(event({"type": "message_stop"}))
-        return StreamingResponse(self._sse(events, behavior), media_type="text/event-stream")
+        return StreamingResponse(self._sse(events, behavior, received_key(request)), media_type="text/event-stream")
+
+
+def received_key(request: Request) -> str:
+    """The key a request carried (``x-api-key``, or ``Authorization: Bearer``)."""
+    return request.headers.get("x-api-key") or request.headers.get("authorization", "").removeprefix("Bearer ")
+
+
+def echoed(behavior: Behavior, message: str, key: str) -> str:
+    """``message``, with the key received repeated in it when the behavior says so (as some servers do)."""
+    return f"{message} (request authenticated with key {key})" if behavior.echo_key else message
 
 
 def _reset(request: Request) -> None:
