@@ -66,8 +66,8 @@ def serve(config_path, host, port, workers, log_level, access_log):
     import uvicorn
 
     config = _config(config_path, host=host, port=port, workers=workers, access_log=access_log)
+    _check_store(config.resolved_store_url, config.store_synchronous)  # before the router: the cheaper check
     catalog, loaded = _preflight(config)
-    _check_store(config.resolved_store_url, config.store_synchronous)
     _check_tracing(config.otel_endpoint)
     if config.workers > 1:
         # Worker processes each build their own app from the environment.
