@@ -12,6 +12,11 @@ Sources, later ones overriding earlier ones by model id:
 3. a prices CSV in the schema of ``shared/data/prices.csv``
    (``model, provider, input_usd_per_mtok, output_usd_per_mtok, note``).
 
+The shipped entries' prices can come from a maintained price source
+(``THRIFTY_PRICE_SOURCE=genai-prices`` or ``litellm``; see
+``models/price_sources.py``) instead of the hand-kept values; files given by
+the user still override them.
+
 Prompt caching has prices of its own: ``cached_input_usd_per_mtok`` (input
 read from the provider's cache), ``cache_write_usd_per_mtok`` (input written
 to it; Anthropic's five-minute TTL) and ``cache_write_1h_usd_per_mtok``
@@ -89,7 +94,9 @@ class ModelSpec:
 
     @property
     def price(self) -> Price:
-        return Price(self.input_usd_per_mtok, self.output_usd_per_mtok)
+        # an OpenAI-compatible server says nothing about whose model it serves
+        vendor = self.vendor or (None if self.provider == "openai-compatible" else self.provider)
+        return Price(self.input_usd_per_mtok, self.output_usd_per_mtok, vendor=vendor)
 
     def cache_prices(self) -> tuple[float, float, float]:
         """USD per 1M input tokens read from the cache, written to it (5 min), written to it (1 h)."""
@@ -288,11 +295,31 @@ def default_catalog() -> Catalog:
     return Catalog().merged(yaml.safe_load(text)["models"], "models/catalog.yaml")
 
 
+FROM_SETTINGS = "from-settings"
+
+
 def load_catalog(
-    paths: Iterable[str | Path] = (), *, include_default: bool = True
+    paths: Iterable[str | Path] = (), *, include_default: bool = True, price_source: str | None = FROM_SETTINGS
 ) -> Catalog:
-    """The shipped catalog, extended and overridden by ``paths`` in order."""
+    """The shipped catalog, extended and overridden by ``paths`` in order.
+
+    With a ``price_source`` (a name from :mod:`models.price_sources`; by
+    default the ``THRIFTY_PRICE_SOURCE`` setting, off unless set), the shipped
+    entries take that source's prices where it knows the model; the files in
+    ``paths`` still override them.
+    """
     catalog = default_catalog() if include_default else Catalog()
+    if price_source == FROM_SETTINGS:
+        from models.settings import get_settings
+
+        price_source = get_settings().price_source
+    if price_source and include_default:
+        from models.price_sources import PriceSourceUnavailable, UnknownPriceSourceError, get_price_source, with_source_prices
+
+        try:
+            catalog, _ = with_source_prices(catalog, get_price_source(price_source))
+        except (UnknownPriceSourceError, PriceSourceUnavailable) as exc:
+            raise CatalogError(f"price source (THRIFTY_PRICE_SOURCE): {exc}") from None
     for path in paths:
         catalog = catalog.with_file(path)
     return catalog

@@ -31,12 +31,25 @@ OUTCOME_COLUMNS: dict[str, str] = {
 #   decision_id:  the serving decision the row came from
 #   router_version: the router that made the decision
 #   feedback_source: who judged success (user, test, judge, ...)
+#   ts:           when the request was served (epoch seconds)
+#   chosen_model: the model the decision chose (``model`` is the one that answered)
+#   attempts:     upstream calls made for the request (retries and fail-overs included)
+#   failover:     answered by another model than the first one called (1.0) or not (0.0)
+#   decision_latency_s, novelty: time to decide; how unlike the router's training prompts (where recorded)
+#   candidates:   the decision's candidates with their predictions (JSON), for counterfactuals
 OPTIONAL_COLUMNS: dict[str, str] = {
     "split": "string",
     "propensity": "float64",
     "decision_id": "string",
     "router_version": "string",
     "feedback_source": "string",
+    "ts": "float64",
+    "chosen_model": "string",
+    "attempts": "float64",
+    "failover": "float64",
+    "decision_latency_s": "float64",
+    "novelty": "float64",
+    "candidates": "string",
 }
 
 REQUIRED_COLUMNS = ("prompt_id", "prompt", "model", "success")

@@ -12,10 +12,17 @@ PER_MTOK = 1_000_000.0
 
 @dataclass(frozen=True)
 class Price:
-    """USD per one million input and output tokens."""
+    """USD per one million input and output tokens.
+
+    ``vendor``: whose API the price refers to (``openai``, ``anthropic``,
+    ``google``, ``together``, … as in a prices CSV's ``provider`` column), when
+    known. It travels with a router's prices so that ``thrifty models init``
+    can write a catalog stub for each of its models; it is not part of the price.
+    """
 
     input_usd_per_mtok: float
     output_usd_per_mtok: float
+    vendor: str | None = field(default=None, compare=False)
 
     def cost(self, input_tokens: float, output_tokens: float) -> float:
         return (

@@ -4,6 +4,12 @@ Read from the environment (``THRIFTY_*``, plus MLflow's own
 ``MLFLOW_TRACKING_URI``) by pydantic-settings behind a cached
 :func:`get_settings`. Nothing is created at import time; tests override by
 setting the environment and calling ``get_settings.cache_clear()``.
+
+One home for every command, the CLI and ``scripts/main.sh`` alike:
+``THRIFTY_HOME`` when set, else ``~/.thrifty``. It holds the embedded MLflow
+store (``mlflow.db``, ``mlartifacts/``), which every ``models:/`` URI resolves
+against unless ``MLFLOW_TRACKING_URI`` names another store, the tuned
+profiles, the outcome store and caches.
 """
 
 from __future__ import annotations
@@ -30,6 +36,10 @@ class Settings(BaseSettings):
     experiment: str = "thrifty"
     catalog: list[Path] = Field(default_factory=list, description="user catalog files, applied in order")
     threads: int | None = Field(default=None, ge=1, description="threads of training's learners (LightGBM); default: the cores this process may run on")
+    price_source: str | None = Field(
+        default=None,
+        description="prices of the shipped catalog from a maintained source: genai-prices or litellm (default: the hand-kept prices)",
+    )
 
     @property
     def home_dir(self) -> Path:
@@ -40,6 +50,11 @@ class Settings(BaseSettings):
         if self.tracking_uri:
             return self.tracking_uri
         return f"sqlite:///{self.home_dir / 'mlflow.db'}"
+
+    @property
+    def embedded_store(self) -> Path | None:
+        """The embedded SQLite store's file, or None when ``MLFLOW_TRACKING_URI`` names another store."""
+        return None if self.tracking_uri else self.home_dir / "mlflow.db"
 
     @property
     def artifact_root(self) -> Path:

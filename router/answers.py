@@ -186,7 +186,7 @@ def is_refusal(text: str | None) -> bool:
 _CURRENCY = re.compile(r"(?:\\\$|\$|€|£|¥|\bUSD\b|\bEUR\b|\bGBP\b|\bdollars?\b|\beuros?\b|\bcents?\b)", re.IGNORECASE)
 _NUMBER = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?"
 _PLAIN = re.compile(rf"^({_NUMBER})$")
-_RATIO = re.compile(rf"^([-+]?\d+)\s*/\s*(\d+)$")
+_RATIO = re.compile(r"^([-+]?\d+)\s*/\s*(\d+)$")
 _MIXED = re.compile(r"^([-+]?\d+)\s+(\d+)\s*/\s*(\d+)$")
 _FRAC = re.compile(r"^([-+]?)\\[dt]?frac\s*(?:\{\s*([-+]?\d+(?:\.\d+)?)\s*\}|(\d))\s*(?:\{\s*(\d+(?:\.\d+)?)\s*\}|(\d))$")
 # a unit or a word after a number: "5 hours", "42 grams", "55 m/s", "12 sq ft", "25%"

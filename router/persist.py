@@ -7,12 +7,14 @@ very object that was trained and decisions are identical.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import joblib
 import mlflow.pyfunc
 import pandas as pd
 
+from models.registry import RouterNotFoundError, load_python_model
 from router.router import Router
 
 ROUTER_ARTIFACT = "router"
@@ -34,26 +36,37 @@ def load_router_file(path: str | Path) -> Router:
     return router
 
 
-class RouterModel(mlflow.pyfunc.PythonModel):
-    """MLflow pyfunc wrapper: ``predict`` takes a frame with a ``prompt`` column
-    and returns each prompt's chosen model, predicted success and expected cost
-    under the router's default policy and training-time prices."""
+# MLflow advises type hints on ``predict`` when the class is defined (under its own
+# "once" filter, so only recording the warning silences it); the model has an
+# explicit signature instead (router.mlflow_model), which type hints would override.
+with warnings.catch_warnings(record=True):
 
-    def load_context(self, context):
-        self.router = load_router_file(context.artifacts[ROUTER_ARTIFACT])
+    class RouterModel(mlflow.pyfunc.PythonModel):
+        """MLflow pyfunc wrapper: ``predict`` takes a frame with a ``prompt`` column
+        and params (policy or profile, knob, allowed models, bounds, prices) and
+        returns each prompt's chosen model and every candidate's predicted success
+        and expected cost; see :mod:`router.mlflow_model`."""
 
-    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
-        prompts = list(pd.DataFrame(model_input)["prompt"].astype(str))
-        rows = []
-        for text in prompts:
-            d = self.router.route(text, self.router.prices_)
-            rows.append({"model": d.model, "p_success": d.chosen.p_success, "expected_cost": d.chosen.expected_cost})
-        return pd.DataFrame(rows)
+        def load_context(self, context):
+            self.router = load_router_file(context.artifacts[ROUTER_ARTIFACT])
+
+        def predict(self, context, model_input, params=None) -> pd.DataFrame:
+            from router.mlflow_model import predict_frame
+
+            return predict_frame(self.router, model_input, params)
 
 
 def load_router(uri: str) -> Router:
-    """A router from ``models:/NAME@ALIAS``, ``models:/NAME/VERSION``, ``runs:/...`` or a local joblib file."""
-    if Path(uri).suffix == ".joblib" and Path(uri).exists():
+    """A router from ``models:/NAME@ALIAS``, ``models:/NAME/VERSION``, ``runs:/...`` or a local joblib file.
+
+    Registry URIs resolve against thrifty's MLflow store (``models.registry``);
+    a router that is not there raises :class:`~models.registry.RouterNotFoundError`.
+    """
+    if Path(uri).suffix == ".joblib":
+        if not Path(uri).is_file():
+            raise RouterNotFoundError(uri, "no such file")
         return load_router_file(uri)
-    model = mlflow.pyfunc.load_model(uri)
-    return model.unwrap_python_model().router
+    router = getattr(load_python_model(uri), "router", None)
+    if not isinstance(router, Router):
+        raise TypeError(f"{uri} holds a {type(router).__name__}, not a thrifty Router")
+    return router

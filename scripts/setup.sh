@@ -9,6 +9,6 @@ fi
 stamp=.venv/.thrifty-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -m pip install --quiet --upgrade pip
-  .venv/bin/python -m pip install --quiet -e '.[dev]'
+  .venv/bin/python -m pip install --quiet -e '.[dev,litellm]'
   touch "$stamp"
 fi

@@ -6,6 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+bash scripts/browser.sh  # Chromium for the dashboard's browser tests
 export THRIFTY_DATA_DIR=${THRIFTY_DATA_DIR:-$(cd .. && pwd)/shared/data}
 
 THRIFTY_TEST_POSTGRES_DIR=

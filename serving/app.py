@@ -11,6 +11,7 @@ Endpoints::
     GET  /v1/models             router profiles and catalog models
     POST /v1/route              the decision only, no upstream call
     POST /v1/feedback           attach an outcome to a past decision
+    GET  /dashboard             the savings report, for a browser (serving.dashboard)
     GET  /healthz               liveness and what is loaded
     GET  /metrics               Prometheus metrics (no auth)
 
@@ -36,11 +37,11 @@ from fastapi.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from models.catalog import Catalog
-from models.providers import MissingUpstreamKey, ProviderPool
+from models.providers import ProviderPool
 from models.store import OutcomeStore
 from router.profiles import Profile
 from router.router import Router
-from serving import completion
+from serving import completion, dashboard
 from serving.auth import authenticate
 from serving.config import ServingConfig, get_config
 from serving.errors import Conflict, InvalidRequest, NotFound, install_error_handlers
@@ -149,13 +150,16 @@ def create_app(
     store: OutcomeStore | None = None,
     catalog: Catalog | None = None,
     profiles: dict[str, Profile] | None = None,
+    tracer_provider=None,
 ) -> FastAPI:
+    """``tracer_provider``: an OpenTelemetry tracer provider for thrifty's spans (default: the global one)."""
     config = config or get_config()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         install_log_filter()  # before anything is loaded: no line logged from here on can show a credential
-        services = build_services(config, router=router, providers=providers, store=store, catalog=catalog, profiles=profiles)
+        services = build_services(config, router=router, providers=providers, store=store, catalog=catalog, profiles=profiles,
+                                  tracer_provider=tracer_provider)
         if not services.client_keys:
             log.warning("no api_keys configured: thrifty accepts requests without a key")
         services.warm_up()  # the tokenizer, the routers and the SDK clients load now, not on the first request
@@ -204,6 +208,7 @@ def create_app(
         return await completion.handle_completion(services, request, client, "anthropic", body, parsed.thrifty)
 
     app.include_router(chat)
+    app.include_router(dashboard.router(get_services))
 
     @app.get("/v1/models")
     async def list_models(request: Request, services: ServicesDep, client: ClientDep):
@@ -237,27 +242,21 @@ def create_app(
 
 
 def log_startup(services: Services) -> None:
-    """One line saying what is served; one line per model that has no upstream key, naming the variable to set."""
+    """One line saying what is served: router version, routable models, store, address.
+
+    Models that cannot be reached were named (with the variable to set) by the
+    start-up check in ``build_services``; here they are only left out of the count.
+    """
     loaded = services.routers.get()
-    routable, keyless = [], []
-    for model in loaded.router.models_:
-        if model not in services.catalog:
-            continue
-        try:
-            services.pool.api_key(services.catalog.get(model))
-        except MissingUpstreamKey as exc:
-            keyless.append(str(exc))
-            continue
-        except Exception:  # noqa: BLE001 - a pool without key lookup (injected providers) routes every model
-            pass
-        routable.append(model)
-    for message in keyless:
-        log.warning("%s; the model is skipped until then", message)
     config = services.config
+    where = f"store {services.store.display_url}; http://{config.host}:{config.port}"
+    if loaded.router is None:
+        log.info("thrifty serving %d catalog models by id only (passthrough_only); %s", len(services.catalog), where)
+        return
+    routable = [m for m in loaded.router.models_ if m in services.catalog and m not in services.routing.unreachable]
     shown = ", ".join(routable[:8]) + (", ..." if len(routable) > 8 else "")
-    store = services.store.display_url
-    log.info("thrifty serving router %s: %d of %d models routable (%s); store %s; http://%s:%s",
-             loaded.version, len(routable), len(loaded.router.models_), shown or "none", store, config.host, config.port)
+    log.info("thrifty serving router %s: %d of %d models routable (%s); %s",
+             loaded.version, len(routable), len(loaded.router.models_), shown or "none", where)
 
 
 GC_THRESHOLD = (20_000, 10, 10)
@@ -308,13 +307,18 @@ async def route_only(services: Services, request: Request, client: str, body: di
     if parsed.prompt is None and not parsed.messages:
         raise InvalidRequest("give either 'prompt' or a non-empty 'messages'", param="messages")
     text = routing_text({k: v for k, v in body.items() if k != "thrifty"})
-    decision = await completion.decide(services, parsed.model, text, constraints)
+    trace = services.tracing.request(parsed.model, request.url.path, False)
+    try:
+        decision = await completion.decide(services, parsed.model, text, constraints, trace)
+    except BaseException as exc:
+        trace.fail(exc)
+        raise
     decision_id = completion.new_decision_id()
     record = completion.new_record(
         services, decision_id=decision_id, endpoint=request.url.path, client=client, requested=parsed.model,
         text=text, decision=decision, constraints=constraints, stream=False, status="routed",
     )
-    await services.store.write(record)
+    await completion.commit(services, record, trace)
     payload = {
         "decision_id": decision_id,
         "model": decision.model,

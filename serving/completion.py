@@ -44,6 +44,7 @@ from serving.prompt import routing_text
 from serving.routing import CASCADE, PASSTHROUGH, Constraints, unservable
 from serving.schemas import MAX_LABEL_CHARS, ThriftyOptions
 from serving.services import Services
+from serving.tracing import NO_TRACE, NoTrace, RequestTrace
 from serving.usage import Usage, usage_cost
 
 Body = dict[str, Any]
@@ -230,15 +231,27 @@ def fallback_models(services: Services, decision: Decision, options: ThriftyOpti
     return [m for m in models if unservable(services.catalog.get(m), constraints) is None]
 
 
-async def decide(services: Services, requested: str, text: str, constraints: Constraints) -> Decision:
+async def decide(services: Services, requested: str, text: str, constraints: Constraints,
+                 trace: RequestTrace | NoTrace = NO_TRACE) -> Decision:
     started = time.perf_counter()
+    wall = time.time() if trace.enabled else 0.0
     decision = await services.decisions.decide(requested, text, constraints)
+    elapsed = time.perf_counter() - started
     metrics = services.metrics
-    metrics.routing_latency.observe(time.perf_counter() - started)
+    metrics.routing_latency.observe(elapsed)
     metrics.child(metrics.decisions, decision.extra.get("profile", requested), decision.model).inc()
+    if trace.enabled:
+        trace.decision(decision, requested, wall, wall + elapsed)
     if decision.novelty is not None:
         metrics.decision_novelty.observe(decision.novelty)
     return decision
+
+
+async def commit(services: Services, record: DecisionRecord, trace: RequestTrace | NoTrace = NO_TRACE) -> None:
+    """Write ``record`` (its span: the store commit), then end the request's span with its outcome."""
+    with trace.commit(record):
+        await services.store.write(record)
+    trace.finish(record)
 
 
 async def handle_completion(
@@ -250,7 +263,12 @@ async def handle_completion(
     body = {k: v for k, v in body.items() if k != "thrifty"}
     requested, stream = body["model"], bool(body.get("stream"))
     text = routing_text(body)
-    decision = await decide(services, requested, text, constraints)
+    trace = services.tracing.request(requested, endpoint, stream)
+    try:
+        decision = await decide(services, requested, text, constraints, trace)
+    except BaseException as exc:
+        trace.fail(exc)
+        raise
     decision_id = new_decision_id()
     record = new_record(
         services, decision_id=decision_id, endpoint=endpoint, client=client, requested=requested, text=text,
@@ -269,43 +287,43 @@ async def handle_completion(
             include_usage = bool((body.get("stream_options") or {}).get("include_usage")) if fmt == "openai" else False
             opened = await services.dispatcher.open_stream(
                 fmt, body, candidates, record.attempts,
-                include_usage=include_usage, deadline=deadline, ranking=decision.ranking,
+                include_usage=include_usage, deadline=deadline, ranking=decision.ranking, trace=trace,
             )
         else:
             answer = await services.dispatcher.complete(
-                fmt, body, candidates, record.attempts, deadline=deadline, ranking=decision.ranking
+                fmt, body, candidates, record.attempts, deadline=deadline, ranking=decision.ranking, trace=trace,
             )
     except (UpstreamError, ServingError) as exc:
         error = from_upstream(exc, services.scrubber) if isinstance(exc, UpstreamError) else exc
         record.status, record.http_status = "error", error.status
         record.error_kind = exc.kind if isinstance(exc, UpstreamError) else (exc.kind or type(exc).__name__)
         record.latency_s = time.perf_counter() - started
-        await services.store.write(record)
+        await commit(services, record, trace)
         error.headers = {**error.headers, **decision_headers(decision_id, decision), **_attempt_headers(record)}
         raise error from None
     except Exception:
         # a fault inside thrifty: still logged (the generic 500 follows)
         record.status, record.http_status, record.error_kind = "error", 500, "internal"
         record.latency_s = time.perf_counter() - started
-        await services.store.write(record)
+        await commit(services, record, trace)
         raise
     except BaseException:
         # cancelled (the graceful-shutdown timeout ran out): still logged
         record.status, record.error_kind = "error", "cancelled"
         record.latency_s = time.perf_counter() - started
         with anyio.CancelScope(shield=True):
-            await services.store.write(record)
+            await commit(services, record, trace)
         raise
 
     headers = {**decision_headers(decision_id, decision, answered=(opened if stream else answer).spec),
                **_attempt_headers(record)}
     if not stream:
         _finish_record(services, record, [(answer.spec, answer.usage)], started, answer.finish_reason, answer.text)
-        await services.store.write(record)
+        await commit(services, record, trace)
         return Response(answer.raw if answer.raw is not None else dumps(answer.body), headers=headers,
                         media_type="application/json")
     return sse.EventStreamResponse(
-        _stream_events(services, fmt, opened, record, started), headers={**headers, **sse.HEADERS}
+        _stream_events(services, fmt, opened, record, started, trace), headers={**headers, **sse.HEADERS}
     )
 
 
@@ -413,7 +431,8 @@ def _finish_record(services: Services, record: DecisionRecord, parts: list[tuple
         record.response = text
 
 
-async def _stream_events(services: Services, fmt: str, opened, record: DecisionRecord, started: float) -> AsyncIterator[bytes]:
+async def _stream_events(services: Services, fmt: str, opened, record: DecisionRecord, started: float,
+                         trace: RequestTrace | NoTrace = NO_TRACE) -> AsyncIterator[bytes]:
     """The SSE body: client-format events, the record committed before the final event.
 
     A failure after the first bytes that the dispatcher could not recover from ends the stream with
@@ -432,7 +451,7 @@ async def _stream_events(services: Services, fmt: str, opened, record: DecisionR
             record.status, record.error_kind = "error", error.kind
         elif status != "ok":
             record.status = status
-        await services.store.write(record)
+        await commit(services, record, trace)
 
     done = False  # OpenAI's [DONE] sent
     try:

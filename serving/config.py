@@ -8,7 +8,7 @@ Paths left unset default to thrifty's home (``models.settings``).
 Example::
 
     router_uri: models:/thrifty@champion      # or a .joblib file
-    catalog: [my-models.yaml]
+    catalog: [my-models.yaml]                 # relative paths: relative to this file's folder
     api_keys:                                 # client keys, by name
       app-frontend: thr-...
     upstreams:
@@ -86,6 +86,33 @@ class BudgetConfig(BaseModel):
         return value
 
 
+_PATH_KEYS = ("catalog", "profiles_dir", "store_path", "store_url")
+
+
+class _YamlFile(YamlConfigSettingsSource):
+    """The config file. Relative paths in it are relative to the file's folder, so a config and
+    the catalog beside it work from any working directory (paths from variables or options stay
+    relative to the working directory)."""
+
+    def __init__(self, settings_cls: type[BaseSettings], path: Path):
+        self.folder = path.resolve().parent
+        super().__init__(settings_cls, yaml_file=path)
+
+    def __call__(self) -> dict[str, Any]:
+        data = super().__call__()
+
+        def anchored(value):
+            if isinstance(value, str) and value and "://" not in value and not value.startswith("~") and not Path(value).is_absolute():
+                return str(self.folder / value)
+            return value
+
+        for key in _PATH_KEYS:
+            if key in data:
+                value = data[key]
+                data[key] = [anchored(v) for v in value] if isinstance(value, list) else anchored(value)
+        return data
+
+
 class ServingConfig(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="THRIFTY_SERVE_", env_nested_delimiter="__", extra="forbid", validate_default=True,
@@ -97,6 +124,11 @@ class ServingConfig(BaseSettings):
     workers: int = Field(default=1, ge=1)
 
     router_uri: str | None = Field(default=None, description="default: models:/<registry_name>@champion")
+    passthrough_only: bool = Field(
+        default=False,
+        description="load no router: serve catalog models requested by id only (a request for a router profile gets a 404 "
+        "saying routing is off); without it, `thrifty serve` refuses to start when no router can route",
+    )
     catalog: list[Path] = Field(default_factory=list, description="catalog files on top of the shipped one")
     include_default_catalog: bool = True
     profiles_dir: Path | None = Field(default=None, description="default: <home>/profiles")
@@ -104,7 +136,9 @@ class ServingConfig(BaseSettings):
 
     api_keys: dict[str, SecretStr] = Field(default_factory=dict, description="client name -> router API key")
     admin_keys: list[str] = Field(
-        default_factory=list, description="client names (of api_keys) that may give feedback on any client's decisions"
+        default_factory=list,
+        description="client names (of api_keys) that may give feedback on any client's decisions and view /dashboard "
+        "(empty: the dashboard is open to every client, feedback to each on its own decisions)",
     )
     upstreams: dict[str, UpstreamConfig] = Field(default_factory=dict, description="openai / anthropic / openai-compatible")
 
@@ -178,6 +212,28 @@ class ServingConfig(BaseSettings):
     explore_epsilon: float = Field(default=0.0, ge=0, le=1, description="share of routed traffic spent exploring acceptable models")
     explore_seed: int | None = Field(default=None, description="seed of the exploration draws (tests, simulations)")
     reload_interval_s: float = Field(default=30.0, ge=0, description="poll the registry alias for a new champion; 0 disables")
+    otel_endpoint: str | None = Field(
+        default=None,
+        description="OTLP/HTTP collector to export thrifty's OpenTelemetry spans to (e.g. http://localhost:4318); "
+        "default: OTEL_EXPORTER_OTLP_TRACES_ENDPOINT / OTEL_EXPORTER_OTLP_ENDPOINT; unset: no spans exported "
+        "(needs pip install 'thrifty[otel]')",
+    )
+
+    @field_validator("upstreams", mode="before")
+    @classmethod
+    def _upstream_names(cls, value):
+        # Variable names cannot hold a '-': THRIFTY_SERVE_UPSTREAMS__OPENAI_COMPATIBLE__BASE_URL arrives as
+        # 'openai_compatible' and overrides the file's 'openai-compatible' field by field.
+        if not isinstance(value, dict) or "openai_compatible" not in value:
+            return value
+        value = dict(value)
+        from_env = value.pop("openai_compatible")
+        from_file = value.get("openai-compatible") or {}
+        if isinstance(from_file, dict) and isinstance(from_env, dict):
+            value["openai-compatible"] = {**from_file, **from_env}
+        else:
+            value["openai-compatible"] = from_env
+        return value
 
     @model_validator(mode="before")
     @classmethod
@@ -220,7 +276,7 @@ class ServingConfig(BaseSettings):
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
         path = _config_file.get()
         if path is not None:
-            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=path))
+            sources.append(_YamlFile(settings_cls, path))
         return tuple(sources)
 
     # -- resolved values -----------------------------------------------------

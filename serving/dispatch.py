@@ -83,6 +83,7 @@ from serving.recovery import (
     with_prefill,
 )
 from serving.reliability import BREAKER_KINDS, CLOSED, Breakers, Deadline, fails_over, retries_same_model
+from serving.tracing import NO_TRACE, NoTrace, RequestTrace
 from serving.usage import StreamWatcher, Usage, finish_of, text_of_response, usage_cost, usage_of
 
 log = logging.getLogger("thrifty.serving")
@@ -176,7 +177,9 @@ class StreamAnswer:
 class _Run:
     """The fail-over state of one request: what is left to try, what was tried, the time left."""
 
-    def __init__(self, candidates: Sequence[str], ranking: Sequence[str], attempts: list[AttemptRecord], deadline: Deadline):
+    def __init__(self, candidates: Sequence[str], ranking: Sequence[str], attempts: list[AttemptRecord], deadline: Deadline,
+                 trace: RequestTrace | NoTrace = NO_TRACE):
+        self.trace = trace  # the request's spans (one per attempt)
         self.pending = list(dict.fromkeys(candidates))
         self.spare = [m for m in dict.fromkeys(ranking) if m not in self.pending]  # for context-length escalation only
         self.attempts = attempts
@@ -259,6 +262,7 @@ class Dispatcher:
         *,
         deadline: Deadline | None = None,
         ranking: Sequence[str] = (),
+        trace: RequestTrace | NoTrace = NO_TRACE,
     ) -> Answer:
         async def call(provider: Provider, spec: ModelSpec, upstream_body: Body, attempt: AttemptRecord,
                        timeout: float) -> Answer:
@@ -280,7 +284,7 @@ class Dispatcher:
                 raw=content if forward else None,
             )
 
-        run = _Run(candidates, ranking, attempts, deadline or Deadline(self.deadline_s))
+        run = _Run(candidates, ranking, attempts, deadline or Deadline(self.deadline_s), trace)
 
         def build(spec: ModelSpec, provider: Provider) -> Body:
             return self.upstream_body(client_format, body, spec, stream=False)
@@ -297,9 +301,10 @@ class Dispatcher:
         include_usage: bool = False,
         deadline: Deadline | None = None,
         ranking: Sequence[str] = (),
+        trace: RequestTrace | NoTrace = NO_TRACE,
     ) -> StreamAnswer:
         """Open the upstream stream and read it up to its first token; the rest is read later, by the response."""
-        run = _Run(candidates, ranking, attempts, deadline or Deadline(self.deadline_s))
+        run = _Run(candidates, ranking, attempts, deadline or Deadline(self.deadline_s), trace)
         answer = StreamAnswer(self, client_format, body, run, include_usage)
 
         async def call(provider: Provider, spec: ModelSpec, upstream_body: Body, attempt: AttemptRecord,
@@ -398,6 +403,7 @@ class Dispatcher:
     async def _continue(self, answer: StreamAnswer, failure: UpstreamError) -> None:
         """Open a continuation of ``answer`` after ``failure`` (fail-over rules, a fresh deadline) and make it current."""
         run = answer.run
+        run.trace.continuing()
         run.deadline = Deadline(self.deadline_s)
         run.done.add(answer.segments[-1].spec.id)  # a stream that broke is not asked to finish its own answer
         run.last = failure
@@ -436,6 +442,7 @@ class Dispatcher:
         segment.watcher.usage = estimated(segment.watcher.usage, segment.watcher.text, answer.body,
                                           partial=error is not None or not verdict)
         self.finish_attempt(segment.attempt, segment.spec, segment.watcher.usage, error, verdict=verdict)
+        answer.run.trace.end_attempt(segment.attempt)
 
     def finish_attempt(
         self, attempt: AttemptRecord, spec: ModelSpec, usage: Usage, error: UpstreamError | None, *, verdict: bool = True
@@ -470,6 +477,7 @@ class Dispatcher:
                 run.skipped.append(model)
                 run.attempts.append(AttemptRecord(model=model, ts=time.time(), latency_s=0.0, status="skipped",
                                                   error_kind="circuit_open"))
+                run.trace.skipped(model, "circuit_open")
                 continue
             try:
                 provider = self.pool.get(spec)
@@ -480,6 +488,7 @@ class Dispatcher:
                 run.attempts.append(AttemptRecord(model=model, ts=time.time(), latency_s=0.0, status="error",
                                                   error_kind="config"))
                 log.error("%s; model %s skipped", exc, model)  # the message names the variable to set
+                run.trace.skipped(model, "config")
                 continue
             except BaseException:
                 self.breakers.release(model)
@@ -491,9 +500,11 @@ class Dispatcher:
             run.calls += 1
             budget = deadline.bound(timeout)
             try:
-                result = await call(provider, spec, upstream_body, attempt, budget)
+                with run.trace.attempt(attempt, spec):  # the upstream call's own spans nest under the attempt's
+                    result = await call(provider, spec, upstream_body, attempt, budget)
             except UpstreamError as exc:
                 self._failed(attempt, exc)
+                run.trace.end_attempt(attempt)
                 if isinstance(exc, UpstreamTimeout) and budget < timeout:
                     self.breakers.release(model)  # cut short by the request's deadline: no verdict on the model
                 else:
@@ -522,9 +533,11 @@ class Dispatcher:
                 attempt.status = "error"
                 attempt.error_kind = "cancelled" if isinstance(exc, asyncio.CancelledError) else "internal"
                 attempt.latency_s = time.time() - attempt.ts
+                run.trace.end_attempt(attempt)
                 raise
             if not stream:
                 self.breakers.success(model)  # a stream's verdict comes when it ends (finish_attempt)
+                run.trace.end_attempt(attempt)
             return result
         raise self._exhausted(run)
 

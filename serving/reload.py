@@ -12,19 +12,11 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from router.registry import alias_version
 from serving.routing import LoadedRouter, RouterHolder, load_router_uri
+from serving.tracing import detached
 
 log = logging.getLogger("thrifty.serving")
-
-
-def alias_version(uri: str) -> str | None:
-    """The registry version an alias URI points at now, or None for other URIs."""
-    if not uri.startswith("models:/") or "@" not in uri:
-        return None
-    from mlflow import MlflowClient
-
-    name, _, alias = uri[len("models:/"):].partition("@")
-    return str(MlflowClient().get_model_version_by_alias(name, alias).version)
 
 
 class RegistryWatcher:
@@ -57,7 +49,10 @@ class RegistryWatcher:
 
     def start(self) -> None:
         if self.interval_s > 0 and self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run())
+            # Out of every trace: no request's span as parent, and the registry's SQLite and HTTP
+            # calls (MLflow, in threads that copy this context) make no spans every few seconds.
+            with detached():
+                self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
         if self._task is not None:

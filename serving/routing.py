@@ -29,14 +29,12 @@ came from).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import random
 import threading
 from dataclasses import dataclass, field, replace
-from pathlib import Path
-from typing import Callable, Literal, Mapping, Sequence
+from typing import Callable, Collection, Literal, Mapping, Sequence
 
 from models.catalog import Catalog, ModelSpec
 from models.tokens import count_tokens
@@ -44,6 +42,7 @@ from router.certificate import price_drift
 from router.decision import Candidate, Decision
 from router.explore import explore
 from router.profiles import Profile
+from router.registry import NO_ROUTER, LoadedRouter, load_router_uri, router_version  # noqa: F401  (serving imports them from here)
 from router.router import Router, RoutingError, Scores
 from serving.errors import InvalidRequest, LimitUnmet, NoRoutableModel, UnknownModel
 
@@ -133,51 +132,6 @@ def meets(candidate: Candidate, constraints: Constraints) -> bool:
     return True
 
 
-@dataclass(frozen=True)
-class LoadedRouter:
-    router: Router
-    uri: str
-    version: str
-
-
-def router_version(uri: str) -> str:
-    """A stable name for the router behind ``uri``: registry name/version, or file name and content hash."""
-    if uri.startswith("models:/"):
-        try:
-            from mlflow import MlflowClient
-
-            name, _, ref = uri[len("models:/"):].partition("@")
-            if ref:
-                return f"{name}/{MlflowClient().get_model_version_by_alias(name, ref).version}"
-        except Exception:  # the version is informative only
-            pass
-        return uri
-    path = Path(uri)
-    if path.is_file():
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
-        return f"{path.name}@{digest}"
-    return uri
-
-
-def load_router_uri(uri: str) -> LoadedRouter:
-    """Load a router from a registry URI or a ``.joblib`` file.
-
-    Registry URIs resolve against thrifty's MLflow store (the embedded SQLite
-    store under ``THRIFTY_HOME``, or ``MLFLOW_TRACKING_URI``), as training writes it.
-    """
-    from router.persist import load_router
-
-    if not uri.endswith(".joblib"):
-        import mlflow
-
-        from models.settings import get_settings
-
-        tracking = get_settings().resolved_tracking_uri
-        mlflow.set_tracking_uri(tracking)
-        mlflow.set_registry_uri(tracking)
-    return LoadedRouter(load_router(uri), uri, router_version(uri))
-
-
 class RouterHolder:
     """The routers in force by URI; ``swap`` replaces one atomically."""
 
@@ -198,7 +152,8 @@ class RouterHolder:
 
     @property
     def uris(self) -> list[str]:
-        return list(self._routers)
+        """The URIs of the loaded routers (none in passthrough-only mode)."""
+        return [uri for uri, loaded in self._routers.items() if loaded.router is not None]
 
 
 class Routing:
@@ -214,9 +169,12 @@ class Routing:
         tokens: Callable[[str], int] = count_tokens,
         explore_epsilon: float = 0.0,
         rng: random.Random | None = None,
+        unreachable: Collection[str] = (),
         on_unmet_limit: OnUnmetLimit = "refuse",
     ):
+        """``unreachable``: catalog models without a usable upstream (``serving.startup``), never chosen by routing."""
         self.holder = holder
+        self.unreachable = frozenset(unreachable)
         self.on_unmet_limit = on_unmet_limit
         self.explore_epsilon = explore_epsilon
         self.rng = rng or random.Random()
@@ -229,7 +187,9 @@ class Routing:
         self.tokens = tokens
         # Without a profile file of its name, the default profile decides with the router's own policy.
         self._router_policy = set()
-        if default_profile not in self.profiles:
+        if holder.get().router is None:  # passthrough only: nothing is routed
+            self.profiles = {}
+        elif default_profile not in self.profiles:
             self.profiles[default_profile] = Profile(name=default_profile)
             self._router_policy.add(default_profile)
         for name in self.profiles:
@@ -244,6 +204,12 @@ class Routing:
             return self._route(self.profiles[model], text, constraints)
         if model in self.catalog:
             return self._passthrough(model, text, constraints)
+        if not self.profiles and model == self.default_profile:
+            raise UnknownModel(
+                f"The model '{model}' is not served: routing is off (passthrough_only: true); "
+                "request a catalog model id (GET /v1/models)",
+                param="model",
+            )
         raise UnknownModel(
             f"The model '{model}' does not exist: use a router profile ({', '.join(sorted(self.profiles))}) "
             "or a catalog model id (GET /v1/models)",
@@ -406,11 +372,12 @@ class Routing:
         )
 
     def _allowed(self, router: Router, profile: Profile, constraints: Constraints) -> list[str] | None:
-        known = [m for m in router.models_ if m in self.catalog]
-        if not known:
+        known = [m for m in router.models_ if m in self.catalog and m not in self.unreachable]
+        if not known:  # the server's configuration, not the request: say so, and not as a client error
             raise NoRoutableModel(
-                f"profile {profile.name!r} cannot route: its router knows none of the catalog's models "
-                f"({', '.join(router.models_[:5])}{', ...' if len(router.models_) > 5 else ''}); add them to the catalog",
+                f"profile {profile.name!r} cannot route: none of its router's models can be reached — the catalog has "
+                f"no usable entry for any of {', '.join(router.models_[:5])}{', ...' if len(router.models_) > 5 else ''} "
+                "(see the start-up log; `thrifty models init` writes the entries)",
                 param="model",
             )
         allowed = known
@@ -501,7 +468,7 @@ class Routing:
         loaded = self.holder.get()
         input_tokens = float(self.tokens(text))
         p, out_tokens = math.nan, 0.0
-        if model in loaded.router.models_:
+        if loaded.router is not None and model in loaded.router.models_:
             # Score the model anyway, so passthrough traffic is logged like routed traffic.
             scores = loaded.router.score([text], self.prices, [model])
             p, out_tokens = float(scores.p[0, 0]), float(scores.output_tokens[0, 0])

@@ -23,8 +23,10 @@ from serving.dispatch import Dispatcher
 from serving.metrics import Metrics
 from serving.reliability import Breakers
 from serving.reload import RegistryWatcher
-from serving.routing import LoadedRouter, RouterHolder, Routing, load_router_uri, router_version
+from serving.routing import NO_ROUTER, LoadedRouter, RouterHolder, Routing, load_router_uri, router_version
 from serving.secrets import Scrubber, get_scrubber, pool_credentials
+from serving.startup import check_router, unreachable_models
+from serving.tracing import Tracing
 
 log = logging.getLogger("thrifty.serving")
 
@@ -43,6 +45,7 @@ class Services:
     watcher: RegistryWatcher | None = None
     budgets: Budgets | None = None
     client_keys: dict[str, str] = field(repr=False, default_factory=dict)  # key -> client name
+    tracing: Tracing = field(default_factory=Tracing)  # OpenTelemetry spans (no-op unless a tracer provider is in force)
     scrubber: Scrubber = field(repr=False, default_factory=get_scrubber)  # every credential, scrubbed from messages
 
     def register_secrets(self) -> int:
@@ -75,11 +78,18 @@ class Services:
         except Exception:  # noqa: BLE001 - warming up must never keep the server from starting
             log.warning("warm-up failed; the first requests will load what is missing", exc_info=True)
 
+    def report_frame(self, since: float, until: float):
+        """The store's answered requests with ``since <= ts < until``, as :mod:`serving.report` reads them."""
+        from models.store.outcomes import outcome_frame
+
+        return outcome_frame(self.store, include_unlabeled=True, since=since, until=until)
+
     async def aclose(self) -> None:
         if self.watcher is not None:
             await self.watcher.stop()
         await self.pool.aclose()
         self.store.close()
+        self.tracing.shutdown()
 
 
 def _pool(config: ServingConfig) -> ProviderPool:
@@ -94,6 +104,29 @@ def _pool(config: ServingConfig) -> ProviderPool:
     )
 
 
+def _check_fallbacks(config: ServingConfig, catalog: Catalog) -> None:
+    unknown = sorted({m for model, rest in config.fallbacks.items() for m in (model, *rest) if m not in catalog})
+    if unknown:
+        raise ConfigError(f"fallbacks name model(s) not in the catalog: {', '.join(unknown)}")
+
+
+def preflight(config: ServingConfig) -> tuple[Catalog, LoadedRouter]:
+    """What ``thrifty serve`` checks before it serves: the catalog and the router load, and the router can route.
+
+    Returns both, for ``create_app`` to use as they are. Raises
+    :class:`~serving.startup.StartupError` (no model of the router can be reached),
+    :class:`~models.registry.RouterNotFoundError` (no router at the URI) or
+    :class:`~models.catalog.CatalogError`; their messages are one line each.
+    """
+    catalog = load_catalog(config.resolved_catalog, include_default=config.include_default_catalog)
+    _check_fallbacks(config, catalog)
+    if config.passthrough_only:
+        return catalog, NO_ROUTER
+    loaded = load_router_uri(config.resolved_router_uri)
+    check_router(loaded.uri, loaded.router.models_, catalog, unreachable_models(catalog, _pool(config)))
+    return catalog, loaded
+
+
 def build_services(
     config: ServingConfig,
     *,
@@ -102,12 +135,15 @@ def build_services(
     store: OutcomeStore | None = None,
     catalog: Catalog | None = None,
     profiles: dict[str, Profile] | None = None,
+    tracer_provider=None,
 ) -> Services:
     catalog = catalog or load_catalog(config.resolved_catalog, include_default=config.include_default_catalog)
     profiles = profiles if profiles is not None else load_profiles(config.resolved_profiles_dir)
 
     default_uri = config.resolved_router_uri
-    if router is None:
+    if router is None and config.passthrough_only:
+        loaded = NO_ROUTER
+    elif router is None:
         loaded = load_router_uri(default_uri)
     elif isinstance(router, Router):
         loaded = LoadedRouter(router, default_uri, router_version(default_uri) if default_uri.endswith(".joblib") else "injected")
@@ -115,20 +151,19 @@ def build_services(
         loaded = router
     routers = {loaded.uri: loaded}
     for profile in profiles.values():  # each profile's own router, loaded once, now
-        if profile.router_uri and profile.router_uri not in routers:
+        if loaded.router is not None and profile.router_uri and profile.router_uri not in routers:
             routers[profile.router_uri] = load_router_uri(profile.router_uri)
     holder = RouterHolder(routers, loaded.uri)
 
-    unknown = sorted({m for model, rest in config.fallbacks.items() for m in (model, *rest) if m not in catalog})
-    if unknown:
-        raise ConfigError(f"fallbacks name model(s) not in the catalog: {', '.join(unknown)}")
-
-    missing = [m for m in loaded.router.models_ if m not in catalog]
-    if missing:
-        log.warning("router models missing from the catalog are never chosen: %s", ", ".join(missing))
+    _check_fallbacks(config, catalog)
 
     metrics = Metrics()
     pool = providers or _pool(config)
+    unreachable = unreachable_models(catalog, pool)
+    if loaded.router is not None:
+        warning = check_router(loaded.uri, loaded.router.models_, catalog, unreachable)  # raises when none can be reached
+        if warning:
+            log.warning(warning)
     store = (store or open_store(config.resolved_store_url, synchronous=config.store_synchronous)).open()
 
     def breaker_changed(model: str, state: str) -> None:
@@ -143,6 +178,7 @@ def build_services(
         default_profile=config.default_profile,
         explore_epsilon=config.explore_epsilon,
         rng=random.Random(config.explore_seed),
+        unreachable=unreachable,
         on_unmet_limit=config.on_unmet_limit,
     )
     services = Services(
@@ -151,7 +187,7 @@ def build_services(
         routers=holder,
         routing=routing,
         decisions=DecisionBatcher(routing.decide_many, observe_batch=metrics.decision_batch.observe),
-        watcher=RegistryWatcher(holder, config.reload_interval_s),
+        watcher=RegistryWatcher(holder, config.reload_interval_s) if loaded.router is not None else None,
         pool=pool,
         dispatcher=Dispatcher(
             catalog, pool, metrics=metrics, default_max_tokens=config.default_max_tokens, max_attempts=config.max_attempts,
@@ -169,6 +205,7 @@ def build_services(
         store=store,
         metrics=metrics,
         client_keys=config.client_keys(),
+        tracing=Tracing.from_config(config.otel_endpoint, provider=tracer_provider),
     )
     services.register_secrets()
     return services

@@ -26,6 +26,8 @@ import time
 import uuid
 from typing import Any, AsyncIterator
 
+from router.prompt import content_text as _text_of
+
 Body = dict[str, Any]
 
 DEFAULT_MAX_TOKENS = 4096
@@ -55,19 +57,6 @@ class TranslationError(ValueError):
 
 
 # -- shared helpers ------------------------------------------------------------
-
-
-def _text_of(content: Any) -> str:
-    """The text of an OpenAI or Anthropic ``content`` (a string or a list of parts)."""
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    parts = []
-    for part in content:
-        if isinstance(part, dict) and part.get("type") in ("text", "input_text", "output_text", "refusal"):
-            parts.append(part.get("text") or part.get("refusal") or "")
-    return "\n".join(p for p in parts if p)
 
 
 def _parse_data_url(url: str) -> tuple[str, str] | None:

@@ -72,8 +72,10 @@ def catalog_entries(fake_url: str) -> list[dict]:
     return entries
 
 
-def fit_test_router(path: Path) -> Path:
-    """A small router: hard prompts ("prove ...") succeed only on the large models."""
+def fit_test_router(path: Path, names: list[str] = MODELS, prices: dict | None = None) -> Path:
+    """A small router: hard prompts ("prove ...") succeed only on the large models.
+
+    ``names`` renames the four models (cheap, cheap, dear, dearer), ``prices`` prices them by name."""
     from models.prices import Price, PriceTable
     from router import LogisticSuccess, Router, TextFeaturizer
     from router.persist import save_router
@@ -89,9 +91,9 @@ def fit_test_router(path: Path) -> Path:
         texts.append(framing.format(q=question, i=i))
         S.append([0.0, 0.0, 1.0, 1.0] if hard else [1.0, 1.0, 1.0, 1.0])
         T.append([40.0, 40.0, 300.0, 300.0] if hard else [20.0, 20.0, 25.0, 25.0])
-    prices = PriceTable({m: Price(*PRICES[m]) for m in MODELS})
+    prices = PriceTable({m: Price(*(prices or PRICES)[m]) for m in names})
     router = Router(featurizer=TextFeaturizer(n_components=8), success=LogisticSuccess())
-    router.fit(texts, np.array(S), np.array(T), MODELS, prices)
+    router.fit(texts, np.array(S), np.array(T), names, prices)
     return save_router(router, path)
 
 

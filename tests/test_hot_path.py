@@ -379,7 +379,8 @@ def test_access_log_is_off_by_default_and_configurable(monkeypatch, tmp_path):
     assert ServingConfig().access_log is False
     calls = []
     monkeypatch.setattr(uvicorn, "run", lambda *a, **kw: calls.append(kw))
-    monkeypatch.setattr("serving.app.create_app", lambda config: object())
+    monkeypatch.setattr("serving.app.create_app", lambda config, **parts: object())
+    monkeypatch.setattr("serving.services.preflight", lambda config: (None, None))  # no router to check here
     config = tmp_path / "c.yaml"
     config.write_text("router_uri: r.joblib\n")
     for args, expected in (([], False), (["--access-log"], True)):

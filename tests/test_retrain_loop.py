@@ -24,6 +24,12 @@ from thrifty.cli import main
 from training.train import train
 
 LARGE = {"claude-large", "oai-large"}
+# Served requests before retraining. With 80, claude-small (explored on about 1 request in 8) was seen failing on
+# only 4 hard prompts, and the retrained router's estimate of its success on hard prompts sat at 0.6-0.72, astride
+# the 0.7 threshold: whether the new champion sent hard prompts to it depended on numerical noise (another BLAS,
+# another machine: "assert 3 >= 6" three times out of three on a fresh install). With 160 it is seen failing on
+# about 11 and the estimate falls to about 0.1, far from the threshold.
+SERVED = 160
 
 
 def ask(i: int, hard: bool, rng: random.Random) -> str:
@@ -71,17 +77,18 @@ def deployment(thrifty_home, fake_server, tmp_path):
     server.stop()
 
 
+@pytest.mark.timeout(900)  # about 30 s on a quiet 2-core machine; sized for one whose cores other work holds
 def test_serve_explore_feedback_retrain_promote_hot_swap(deployment, tmp_path, caplog):
     import logging
 
     caplog.set_level(logging.INFO, logger="thrifty.serving")
     url, app, config, catalog_file = deployment
-    client = openai.OpenAI(base_url=f"{url}/v1", api_key=CLIENT_KEY, max_retries=0, timeout=20)
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key=CLIENT_KEY, max_retries=0, timeout=60)
     rng = random.Random(7)
 
-    # 1. serve 80 requests with exploration, and report each outcome
+    # 1. serve requests with exploration, and report each outcome
     served = []
-    for i in range(80):
+    for i in range(SERVED):
         hard = i % 2 == 1
         raw = client.chat.completions.with_raw_response.create(model="thrifty", messages=[{"role": "user", "content": ask(1000 + i, hard, rng)}])
         completion = raw.parse()
@@ -93,9 +100,10 @@ def test_serve_explore_feedback_retrain_promote_hot_swap(deployment, tmp_path, c
     propensities = np.array([r["propensity"] for r in records])
     assert ((propensities > 0) & (propensities <= 1)).all()
     explored = sum(bool(r["explored"]) for r in records)
-    assert 10 <= explored <= 70  # ε = 0.5 over 4 acceptable models: about 3 in 8 explore elsewhere
-    # the wrong champion sends hard prompts to cheap models unless exploring
-    assert sum(model not in LARGE for _, model, hard in served if hard) >= 15
+    # ε = 0.5 over 4 acceptable models: 3 in 8 explore elsewhere, 60 of 160 (sd 6); the bounds are 5 sd away
+    assert 30 <= explored <= 90
+    # the wrong champion sends hard prompts to cheap models unless exploring: 60 of 80 expected
+    assert sum(model not in LARGE for _, model, hard in served if hard) >= 30
     with pytest.MonkeyPatch.context():
         import httpx
 
@@ -113,13 +121,13 @@ def test_serve_explore_feedback_retrain_promote_hot_swap(deployment, tmp_path, c
     registry = MlflowClient()
     challenger = registry.get_model_version_by_alias("loop", "challenger")
     run = registry.get_run(challenger.run_id)
-    assert run.data.params["rows"] == "80" and run.data.params["propensity_weighted"] == "True"
+    assert run.data.params["rows"] == str(SERVED) and run.data.params["propensity_weighted"] == "True"
 
     # 3. keep traffic flowing while promoting: no request may fail during the swap
     failures, versions, stop = [], [], threading.Event()
 
     def traffic():
-        c = openai.OpenAI(base_url=f"{url}/v1", api_key=CLIENT_KEY, max_retries=0, timeout=20)
+        c = openai.OpenAI(base_url=f"{url}/v1", api_key=CLIENT_KEY, max_retries=0, timeout=60)
         n = 0
         while not stop.is_set():
             try:
@@ -139,7 +147,7 @@ def test_serve_explore_feedback_retrain_promote_hot_swap(deployment, tmp_path, c
         assert result.exit_code == 0, result.output
         assert "promoted" in result.output, result.output
         assert str(registry.get_model_version_by_alias("loop", "champion").version) == str(challenger.version)
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 180  # the reload loads the new version from MLflow: slow when the cores are busy
         while time.monotonic() < deadline and (not versions or versions[-1] != f"loop/{challenger.version}"):
             time.sleep(0.1)
     finally:
@@ -155,11 +163,13 @@ def test_serve_explore_feedback_retrain_promote_hot_swap(deployment, tmp_path, c
     runs = registry.search_runs([run.info.experiment_id], filter_string="attributes.run_name = 'promote'")
     assert runs and runs[0].data.metrics["challenger/value"] > runs[0].data.metrics["champion/value"] + 0.05
 
-    # 4. the new champion sends hard prompts to a large model
+    # 4. the new champion sends hard prompts to a large model. Only the two large models are acceptable for a hard
+    # prompt, so exploration (among acceptable models) picks one of them too: every answer comes from a large model,
+    # whatever state the exploration draws are in after the timing-dependent traffic of step 3.
     rng2 = random.Random(99)
     hard_models = [client.chat.completions.create(model="thrifty", messages=[{"role": "user", "content": ask(9000 + i, True, rng2)}]).model
                    for i in range(10)]
-    assert sum(m in LARGE for m in hard_models) >= 6  # exploration still sends some elsewhere
+    assert all(m in LARGE for m in hard_models), hard_models
     # every answered request is in the store, each with its propensity
     rows = store.joined(include_unlabeled=True)  # status ok
-    assert len(rows) == sum(r["propensity"] is not None for r in rows) == 80 + len(versions) + 10
+    assert len(rows) == sum(r["propensity"] is not None for r in rows) == SERVED + len(versions) + 10

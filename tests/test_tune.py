@@ -115,6 +115,18 @@ def test_tune_refuses_an_impossible_target(tmp_path, thrifty_home, logs_file):
     assert result.exit_code != 0 and "cannot be met" in result.output
 
 
+def test_tune_serves_the_most_likely_model_when_a_reachable_floor_is_not_certified(tmp_path, thrifty_home, logs_file):
+    """As train does: a quality target the best model meets but nothing cheaper is certified for is said, not refused."""
+    from models.settings import get_settings
+
+    result = _tune(["--logs", logs_file, "--name", "unsure", "--target-quality", "0.999", "--relative", "--confidence", "0.999"], tmp_path)
+    assert result.exit_code == 0, result.output
+    assert "NOT CERTIFIED" in result.output and "most likely model" in result.output
+    data = json.loads((get_settings().profiles_dir / "unsure.json").read_text())
+    assert (data["policy"], data["knob"]) == ("threshold", 2.0)
+    assert data["target"]["validation"]["certified"] is False and "cannot be met" in data["target"]["validation"]["not_certified"]
+
+
 def test_tune_needs_exactly_one_target(tmp_path, thrifty_home, logs_file):
     result = _tune(["--logs", logs_file, "--name", "x"], tmp_path)
     assert result.exit_code != 0 and "exactly one target" in result.output

@@ -1,4 +1,4 @@
-"""The ``thrifty`` command: subcommands from ``training`` and ``serving``.
+"""The ``thrifty`` command: subcommands from ``models``, ``training`` and ``serving``.
 
 This module is the only place that sees both layers, and it imports each
 lazily, only when one of its subcommands runs: ``training`` and ``serving``
@@ -22,6 +22,8 @@ COMMANDS = {
     "data": "training.cli:data",
     "serve": "serving.cli:serve",
     "logs": "serving.cli:logs",
+    "report": "serving.cli:report",
+    "models": "models.cli:models",
 }
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import click
 
+from models.jsonout import json_result
 from models.settings import get_settings
 from router.predictors import get_predictor, predictor_names
 from training.progress import say
@@ -214,6 +215,7 @@ train_out_option = click.option(
     help="read, featurise and fit on a Dask cluster: a scheduler (tcp://host:8786), 'local' or 'local:N' for a LocalCluster of N workers (needs thrifty[dask]; fits the lightgbm predictor)",
 )
 @click.pass_context
+@json_result
 def train(ctx, logs, prices, catalogs, predictor, target_quality, relative, confidence, test_size, seed, experiment, name, out_dir, no_register, dask_address):
     """Learn the cheapest model that still succeeds from outcome logs; certify the default; register it as champion."""
     from contextlib import nullcontext
@@ -249,6 +251,30 @@ def train(ctx, logs, prices, catalogs, predictor, target_quality, relative, conf
     except (LogError, ValueError, DaskError) as exc:
         raise click.ClickException(str(exc)) from None
     _print_training(result, name or settings.registry_name)
+    return _training_json(result, name or settings.registry_name)
+
+
+def _training_json(result, name: str) -> dict:
+    """``thrifty train --json``: the held-out metrics per model, their means, the served policy and its certificate, the registration."""
+    prices = result.router.prices_
+    return {
+        "command": "train",
+        "n_rows": result.n_rows,
+        "n_train": result.n_train,
+        "n_test": result.n_test,
+        "models": {
+            model: {**m, "input_usd_per_mtok": prices[model].input_usd_per_mtok,
+                    "output_usd_per_mtok": prices[model].output_usd_per_mtok}
+            for model, m in result.metrics.items()
+        },
+        "summary": result.summary(),
+        "served_policy": {"policy": result.certificate.policy, "knob": result.certificate.knob},
+        "certificate": {k: v for k, v in result.certificate.to_dict().items() if k != "prices"},
+        "registered": None if not result.version else {
+            "name": name, "version": str(result.version), "uri": f"models:/{name}/{result.version}",
+            "alias": "champion", "run_id": result.run_id,
+        },
+    }
 
 
 def _print_training(result, name: str) -> None:
@@ -355,6 +381,7 @@ def retrain(logs, store, benchmark_logs, prices, catalogs, predictor, target_qua
 @click.option("--usd-per-success", default=0.01, show_default=True, help="what one success is worth: net value = success - cost / this")
 @click.option("--estimator", type=click.Choice(["dr", "snips", "ips"]), default="dr", show_default=True, help="off-policy estimator for served (partial) logs")
 @experiment_option
+@json_result
 def promote(logs, prices, catalogs, name, margin, usd_per_success, estimator, experiment):
     """Replay champion and challenger on the same held-out logs; promote the challenger if it wins by the margin."""
     import json
@@ -370,6 +397,10 @@ def promote(logs, prices, catalogs, name, margin, usd_per_success, estimator, ex
     settings = get_settings()
     reg = name or settings.registry_name
     catalog = _catalog(prices, catalogs)
+    store = settings.embedded_store
+    if store is not None and not store.is_file():  # looking must not leave an empty store behind
+        raise click.ClickException(f"registered model {reg!r} needs a champion and a challenger: nothing is registered yet "
+                                   f"(no MLflow store at {store})")
     tracking.configure(settings)
     client = MlflowClient()
     try:
@@ -400,6 +431,20 @@ def promote(logs, prices, catalogs, name, margin, usd_per_success, estimator, ex
     click.echo(f"challenger v{chall_v.version}: success {b.success:.4f}  cost ${b.cost:.6f}  value {b.value:.4f}  ({b.method})")
     verdict = "promoted: challenger is now champion" if decision.promote else f"kept champion (challenger must win by more than {margin})"
     click.echo(verdict)
+    return {
+        "command": "promote",
+        "name": reg,
+        "promoted": bool(decision.promote),
+        "margin": margin,
+        "usd_per_success": usd_per_success,
+        "champion": {"version": str(champ_v.version), **_value_json(a)},
+        "challenger": {"version": str(chall_v.version), **_value_json(b)},
+        "champion_version_now": str(chall_v.version if decision.promote else champ_v.version),
+    }
+
+
+def _value_json(value) -> dict:
+    return {"success": value.success, "cost": value.cost, "value": value.value, "method": value.method}
 
 
 # -------------------------------------------------------------------------- replay
@@ -414,6 +459,7 @@ def promote(logs, prices, catalogs, name, margin, usd_per_success, estimator, ex
 @_options(served_target_option, relative_option, confidence_option, experiment_option, no_mlflow_option)
 @click.option("--cascades", is_flag=True, help="also search cascades on the training split (logs with parsed answers) and replay them: rows cascade/<family>, cascade_decisions.parquet")
 @click.option("--cascade-models", default=8, show_default=True, type=click.IntRange(2, 12), help="with --cascades: at most this many models (on or near the training split's cost-quality hull) to draw stages from")
+@json_result
 def replay(logs, prices, catalogs, router_uri, test_size, seed, task_holdout, out_dir, predictors, n_knobs, folds, target_quality, relative, confidence, experiment, no_mlflow, cascades, cascade_models):
     """Replay routers and baselines on held-out logged prompts: cost–quality curves, AIQ, gap closed, APGR."""
     from training.replay import format_table, log_to_mlflow, run_replay, write_outputs
@@ -446,11 +492,22 @@ def replay(logs, prices, catalogs, router_uri, test_size, seed, task_holdout, ou
     paths = write_outputs(result, out_dir, title)
     click.echo(format_table(result))
     click.echo(f"\nwrote {', '.join(str(p) for p in paths.values())}")
+    run_id = None
     if not no_mlflow:
         settings = get_settings()
         params = {"logs": ",".join(logs), "router": router_uri or "trained", "predictors": ",".join(predictors), "cascades": cascades}
         run_id = log_to_mlflow(result, paths, experiment or settings.experiment, params)
         click.echo(f"logged to MLflow run {run_id}")
+    return {
+        "command": "replay",
+        "title": title,
+        "n_test_prompts": len(result.evalset.texts),
+        "models": result.single_models,
+        "best_learned": result.best_learned(),
+        "metrics": result.metrics,
+        "files": {key: str(path) for key, path in paths.items()},
+        "mlflow_run_id": run_id,
+    }
 
 
 # -------------------------------------------------------------------------- tune
@@ -470,6 +527,7 @@ def replay(logs, prices, catalogs, router_uri, test_size, seed, task_holdout, ou
 @click.option("--cascade-models", default=8, show_default=True, type=click.IntRange(2, 12), help="with --cascade: at most this many models (on or near the cost-quality hull) to draw stages from")
 @predictor_option(DEFAULT_PREDICTOR)
 @_options(confidence_option, experiment_option, no_mlflow_option)
+@json_result
 def tune(logs, prices, catalogs, router_uri, test_size, seed, task_holdout, name, target_quality, relative, max_cost, budget, requests, policy, cascade, cascade_family, cascade_models, predictor, confidence, experiment, no_mlflow):
     """Choose the knob (or, with --cascade, the cascade) that meets a quality or cost target on a validation split; save it as a named profile."""
     from router.profiles import ProfileError
@@ -506,7 +564,15 @@ def tune(logs, prices, catalogs, router_uri, test_size, seed, task_holdout, name
             f"{t['calls_per_request']:.2f} calls (best single model {t['best_single']:.3f}) -> target {'met' if t['target_met'] else 'MISSED'} on the test split"
         )
         click.echo(f"saved cascade profile {p.name!r} to {result.path} (router: {p.router_uri})")
-        return
+        return {
+            "command": "tune",
+            "profile": {"name": p.name, "cascade": p.target.get("describe"), "family": p.target.get("family"),
+                        "router_uri": p.router_uri, "path": result.path},
+            "target": result.target.describe(v["best_single"]),
+            "validation": {"n_prompts": result.n_validation, **v},
+            "test": {"n_prompts": result.n_test, **t},
+            "mlflow_run_id": None,
+        }
     try:
         result = run_tune(
             frame,
@@ -527,13 +593,19 @@ def tune(logs, prices, catalogs, router_uri, test_size, seed, task_holdout, name
     except (ProfileError, ValueError) as exc:  # TargetError is a ValueError
         raise click.ClickException(str(exc)) from None
     p, v, t = result.profile, result.validation, result.test
-    click.echo(f"target: {result.target.describe(v['best_single'])}, certified with {confidence:.0%} confidence")
+    if v["certified"]:
+        click.echo(f"target: {result.target.describe(v['best_single'])}, certified with {confidence:.0%} confidence")
+    else:
+        click.echo(f"target: NOT CERTIFIED — {v['not_certified']}.")
+        click.echo("  the profile sends every request to the most likely model (threshold knob "
+                   f"{p.knob:g}); lower --target-quality or --confidence, or give more logs, to route")
     click.echo(f"chosen on {result.n_validation} validation prompts: {p.policy} knob {p.knob:.6g} -> success {v['quality']:.3f}, ${v['cost']:.3g} per request")
     click.echo(
         f"on {result.n_test} test prompts (not used for the choice): success {t['quality']:.3f}, ${t['cost']:.3g} per request "
         f"(best single model {t['best_single']:.3f}) -> target {'met' if t['target_met'] else 'MISSED'} on the test split"
     )
     click.echo(f"saved profile {p.name!r} to {result.path} (router: {p.router_uri})")
+    run_id = None
     if not no_mlflow:
         import mlflow
 
@@ -543,7 +615,17 @@ def tune(logs, prices, catalogs, router_uri, test_size, seed, task_holdout, name
             mlflow.log_params({"logs": ",".join(logs)[:500], "profile": name, "policy": p.policy, "knob": p.knob, "target": result.target.describe(v["best_single"])[:500], "router": str(p.router_uri)[:500]})
             mlflow.log_metrics({"validation/quality": v["quality"], "validation/cost": v["cost"], "test/quality": t["quality"], "test/cost": t["cost"], "test/target_met": float(t["target_met"])})
             mlflow.log_artifact(str(result.path))
-        click.echo(f"logged to MLflow run {run.info.run_id}")
+        run_id = run.info.run_id
+        click.echo(f"logged to MLflow run {run_id}")
+    return {
+        "command": "tune",
+        "profile": {"name": p.name, "policy": p.policy, "knob": p.knob, "router_uri": p.router_uri,
+                    "allowed": p.allowed, "path": result.path},
+        "target": result.target.describe(v["best_single"]),
+        "validation": {"n_prompts": result.n_validation, **v},
+        "test": {"n_prompts": result.n_test, **t},
+        "mlflow_run_id": run_id,
+    }
 
 
 # -------------------------------------------------------------------------- data

@@ -16,7 +16,6 @@ metrics of :mod:`training.metrics`. :func:`run_replay` is the pipeline behind
 from __future__ import annotations
 
 import math
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Sequence

@@ -24,11 +24,6 @@ from models.settings import Settings, get_settings
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 
-# What a registered router needs at load time; given explicitly so MLflow does
-# not spend seconds inferring requirements from the environment.
-PIP_REQUIREMENTS = ["thrifty", "lightgbm", "scikit-learn", "numpy", "pandas", "joblib", "bpe-openai"]
-
-
 def configure(settings: Settings | None = None) -> str:
     """Point MLflow at the configured store; returns the tracking URI."""
     import mlflow
@@ -105,15 +100,23 @@ def register_router(router, name: str, *, alias: str | None = CHAMPION, tags: di
     import mlflow
     from mlflow import MlflowClient
 
+    from router import mlflow_model
     from router.persist import ROUTER_ARTIFACT, RouterModel, save_router
 
+    # The environment is the project's own packages logged as code plus what
+    # that code imports, pinned: MLflow rebuilds it from the artifacts alone
+    # (thrifty itself is on no package index). Given explicitly, so MLflow
+    # does not spend seconds inferring requirements.
     with tempfile.TemporaryDirectory() as tmp:
         path = save_router(router, Path(tmp) / "router.joblib")
         info = mlflow.pyfunc.log_model(
             name="router",
             python_model=RouterModel(),
             artifacts={ROUTER_ARTIFACT: str(path)},
-            pip_requirements=PIP_REQUIREMENTS,
+            code_paths=mlflow_model.code_paths(),
+            pip_requirements=mlflow_model.code_requirements(),
+            signature=mlflow_model.signature(router),
+            input_example=mlflow_model.input_example(),
             registered_model_name=name,
             await_registration_for=60,
         )

@@ -17,6 +17,7 @@ from models.prices import PriceTable
 from router.policy import make_policy
 from router.router import Router
 from training.certify import betting_pvalues, fixed_sequence, paired_loss
+from training.served import FALLBACK_KNOB
 from training.sweep import POLICIES, outcome_of, sweep_policy
 from training.targets import Target, TargetError
 
@@ -135,6 +136,10 @@ def tune(
     ``confidence`` on the validation split (:func:`certify_setting`), so that it
     holds on new prompts that often. Only settings a profile can express are considered:
     ``threshold`` (most-likely fallback) and ``tradeoff``, each with its knob.
+    A quality target no setting is certified for gives, as ``thrifty train``
+    does, a profile that sends every request to the most likely model, with
+    ``validation["certified"]`` False and the reason; a cost cap that cannot be
+    certified raises :class:`TargetError`.
     """
     from router.persist import save_router
     from router.profiles import Profile, save_profile, validate_name
@@ -174,8 +179,18 @@ def tune(
             choices.append(choice)
     rows = np.arange(val.n_prompts)[:, None]
     choice = np.stack(choices, axis=1)
-    chosen = certify_setting(names, knobs, val.success[rows, choice], val.cost[rows, choice], val.success[:, best], target,
-                             confidence=confidence, seed=seed)
+    try:
+        chosen = certify_setting(names, knobs, val.success[rows, choice], val.cost[rows, choice], val.success[:, best], target,
+                                 confidence=confidence, seed=seed)
+    except TargetError as exc:
+        if target.cost_cap is not None or (target.quality is not None and best_single < target.quality):
+            raise  # a cost cap, or a floor above every model: no fallback meets it
+        # As `thrifty train` does: a quality floor nothing cheaper is certified for is
+        # served by the most likely model (threshold at FALLBACK_KNOB), and said so.
+        fallback, _ = make_policy("threshold", FALLBACK_KNOB).choose(P, C, None, models)
+        fs, fc = outcome_of(fallback, val.success, val.cost)
+        chosen = {"policy": "threshold", "knob": FALLBACK_KNOB, "cost": float(fc.mean()), "quality": float(fs.mean()),
+                  "p_value": None, "not_certified": str(exc)}
     policy_obj = make_policy(chosen["policy"], chosen["knob"])
     st = router.score_features(router.features(test.texts), test.prompt_tokens(), prices, models=models)
     choice, _ = policy_obj.choose(st.p, st.cost, None, models)
@@ -190,7 +205,9 @@ def tune(
         if router_uri is None:
             router_path = save_router(router, profiles_dir / f"{name}.router.joblib")
             router_uri = str(router_path.resolve())
-    validation = {"cost": chosen["cost"], "quality": chosen["quality"], "best_single": best_single}
+    validation = {"cost": chosen["cost"], "quality": chosen["quality"], "best_single": best_single, "certified": "not_certified" not in chosen}
+    if "not_certified" in chosen:
+        validation["not_certified"] = chosen["not_certified"]
     profile = Profile(
         name=name,
         policy=chosen["policy"],

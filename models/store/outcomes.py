@@ -6,7 +6,10 @@ One row per answered request that has feedback (the latest feedback counts):
 decision id, ``model`` = the model that answered, ``success`` from feedback,
 tokens and cost from the upstream's usage (``cost_source="observed"``), and the
 optional columns ``decision_id``, ``propensity``, ``router_version`` and
-``feedback_source``. ``include_unlabeled=True`` adds answered requests without
+``feedback_source``, and what the savings report needs (``serving.report``):
+``ts``, ``chosen_model``, ``attempts``, ``failover``, ``candidates`` (and
+``decision_latency_s`` / ``novelty`` where the store records them).
+``include_unlabeled=True`` adds answered requests without
 feedback (``success`` NaN). Decisions only routed (``/v1/route``) or failed are
 never exported: no model answered them.
 """
@@ -19,11 +22,39 @@ from models.outcomes import OPTIONAL_COLUMNS, OUTCOME_COLUMNS
 from models.store.base import OutcomeStore
 
 DATASET = "served"
-EXPORTED_OPTIONAL = ("propensity", "decision_id", "router_version", "feedback_source")
+EXPORTED_OPTIONAL = ("propensity", "decision_id", "router_version", "feedback_source", "ts", "chosen_model", "attempts",
+                     "failover", "decision_latency_s", "novelty", "candidates")
 
 
-def outcome_frame(store: OutcomeStore, *, include_unlabeled: bool = False) -> pd.DataFrame:
-    rows = store.joined(include_unlabeled=include_unlabeled)
+def attempt_summary(store: OutcomeStore, since: float | None = None) -> dict[str, tuple[int, str | None]]:
+    """Decision id -> (upstream calls made, the first model called); attempts are never older than their decision."""
+    out: dict[str, tuple[int, str | None]] = {}
+    for row in sorted(store.attempts(since=since), key=lambda r: (r["decision_id"], r["n"])):
+        calls, first = out.get(row["decision_id"], (0, None))
+        if row["status"] != "skipped":
+            calls, first = calls + 1, first or row["model"]
+        out[row["decision_id"]] = (calls, first)
+    return out
+
+
+def _served_columns(row: dict, attempts: dict[str, tuple[int, str | None]]) -> dict:
+    calls, first = attempts.get(row["decision_id"], (0, None))
+    return {
+        "ts": row["ts"],
+        "chosen_model": row["chosen_model"],
+        "attempts": float(calls) if calls else None,
+        "failover": None if first is None else float(first != row["answered_model"]),
+        "decision_latency_s": row.get("decision_latency_s"),
+        "novelty": row.get("novelty"),
+        "candidates": row["candidates"],
+    }
+
+
+def outcome_frame(store: OutcomeStore, *, include_unlabeled: bool = False, since: float | None = None,
+                  until: float | None = None) -> pd.DataFrame:
+    """The canonical rows of ``store`` (decisions with ``since <= ts < until`` when given)."""
+    rows = store.joined(include_unlabeled=include_unlabeled, since=since, until=until)
+    attempts = attempt_summary(store, since)
     records = [
         {
             "dataset": DATASET,
@@ -44,6 +75,7 @@ def outcome_frame(store: OutcomeStore, *, include_unlabeled: bool = False) -> pd
             "decision_id": r["decision_id"],
             "router_version": r["router_version"],
             "feedback_source": r["fb_source"],
+            **_served_columns(r, attempts),
         }
         for r in rows
     ]

@@ -1,0 +1,1 @@
+"""thrifty inside other tools (LiteLLM). Never imported by ``serving`` or ``training``."""
