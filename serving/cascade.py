@@ -43,6 +43,7 @@ from router.cascade import Agreement, Cascade, Verdict
 from serving.dispatch import Answer, Dispatcher
 from serving.errors import InvalidRequest, ServingError
 from serving.reliability import Deadline
+from serving.tracing import NO_TRACE, NoTrace, RequestTrace
 
 Body = dict[str, Any]
 HEADER = "x-thrifty-cascade"
@@ -171,6 +172,7 @@ async def run_cascade(
     attempts: list[AttemptRecord],
     *,
     deadline: Deadline,
+    trace: RequestTrace | NoTrace = NO_TRACE,
 ) -> CascadeRun:
     """Run the stages of ``cascade.plan(p)`` until one is accepted; every attempt is appended to ``attempts``.
 
@@ -182,8 +184,8 @@ async def run_cascade(
     calls: list[Call] = []
     last_error: Exception | None = None
     for k in cascade.plan(p):
-        # a stage: its calls and its verdict (one span per stage belongs around this call)
-        run = await run_stage(dispatcher, client_format, body, cascade, k, p, fallbacks, answers, tokens, deadline=deadline)
+        run = await run_stage(dispatcher, client_format, body, cascade, k, p, fallbacks, answers, tokens, deadline=deadline,
+                              trace=trace)
         stages.append(run)
         for c in run.calls:
             attempts.extend(c.attempts)
@@ -213,15 +215,25 @@ async def run_stage(
     tokens: dict[str, float],
     *,
     deadline: Deadline,
+    trace: RequestTrace | NoTrace = NO_TRACE,
 ) -> StageRun:
     """Stage ``k``: its models called in parallel, their answers added to ``answers``/``tokens``, and the cascade's verdict.
 
-    The one place a stage begins and ends (where a tracing span per stage goes).
+    One span per stage (``thrifty.cascade.stage``), parent of the stage's attempts.
     """
+    stage = cascade.stages[k]
+    with trace.stage(k + 1, ",".join(stage.models), test=stage.accept.name) as span:
+        run = await _stage_calls(dispatcher, client_format, body, cascade, k, p, fallbacks, answers, tokens, deadline, trace)
+        span.set(accepted=bool(run.verdict.accept), outcome=run.outcome)
+    return run
+
+
+async def _stage_calls(dispatcher, client_format, body, cascade, k, p, fallbacks, answers, tokens, deadline, trace) -> StageRun:
     stage = cascade.stages[k]
     stage_calls = [Call(m) for m in stage.models]
     results = await asyncio.gather(
-        *(dispatcher.complete(client_format, body, [c.model, *fallbacks.get(c.model, ())], c.attempts, deadline=deadline)
+        *(dispatcher.complete(client_format, body, [c.model, *fallbacks.get(c.model, ())], c.attempts, deadline=deadline,
+                              trace=trace)
           for c in stage_calls),
         return_exceptions=True,
     )

@@ -275,7 +275,7 @@ async def handle_completion(
         decision=decision, constraints=constraints, stream=stream, status="ok",
     )
     if decision.policy == CASCADE:
-        return await handle_cascade(services, fmt, body, decision, decision_id, record, deadline)
+        return await handle_cascade(services, fmt, body, decision, decision_id, record, deadline, trace)
     started = time.perf_counter()
     try:
         candidates = failover_order(decision, include_unacceptable=services.config.failover_to_unacceptable,
@@ -328,14 +328,14 @@ async def handle_completion(
 
 
 async def handle_cascade(services: Services, fmt: str, body: Body, decision: Decision, decision_id: str,
-                         record: DecisionRecord, deadline: Deadline) -> Any:
+                         record: DecisionRecord, deadline: Deadline, trace: RequestTrace | NoTrace = NO_TRACE) -> Any:
     """A cascade profile's request (:mod:`serving.cascade`): book the worst case, run the stages, answer with the
     accepted call (a stream of it for a streaming client), record every call and the stages run."""
     cascade, p, profile = decision.extra["cascade"], decision.extra["p"], decision.extra["profile"]
     fallbacks = {m: [f for f in services.config.fallbacks.get(m, ()) if f in services.catalog] for m in cascade.models}
     stream = bool(body.get("stream"))
     started = time.perf_counter()
-    trace = ""
+    stages = ""
     try:
         cascades.check_request(body, profile)
         if services.budgets is not None and services.budgets.enabled:
@@ -343,10 +343,10 @@ async def handle_cascade(services: Services, fmt: str, body: Body, decision: Dec
                 record.client, decision_id, body, cascades.worst_case_calls(cascade, p, fallbacks))
         try:
             run = await cascades.run_cascade(services.dispatcher, fmt, {k: v for k, v in body.items() if k != "stream"},
-                                             cascade, p, fallbacks, record.attempts, deadline=deadline)
+                                             cascade, p, fallbacks, record.attempts, deadline=deadline, trace=trace)
         except cascades.CascadeFailed as failed:
             record.cascade = cascades.failed_record(profile, cascade, failed.stages)
-            trace = cascades.stage_trace(failed.stages)
+            stages = cascades.stage_trace(failed.stages)
             raise failed.error from None
     except (UpstreamError, ServingError) as exc:
         error = from_upstream(exc, services.scrubber) if isinstance(exc, UpstreamError) else exc
@@ -354,20 +354,20 @@ async def handle_cascade(services: Services, fmt: str, body: Body, decision: Dec
         record.error_kind = exc.kind if isinstance(exc, UpstreamError) else (exc.kind or type(exc).__name__)
         record.latency_s = time.perf_counter() - started
         _spent(record)
-        await services.store.write(record)
+        await commit(services, record, trace)
         error.headers = {**error.headers, **decision_headers(decision_id, decision), **_attempt_headers(record),
-                         **({cascades.HEADER: trace} if trace else {})}
+                         **({cascades.HEADER: stages} if stages else {})}
         raise error from None
     except Exception:
         record.status, record.http_status, record.error_kind = "error", 500, "internal"
         record.latency_s = time.perf_counter() - started
-        await services.store.write(record)
+        await commit(services, record, trace)
         raise
     except BaseException:
         record.status, record.error_kind = "error", "cancelled"
         record.latency_s = time.perf_counter() - started
         with anyio.CancelScope(shield=True):
-            await services.store.write(record)
+            await commit(services, record, trace)
         raise
 
     answer = run.answer
@@ -377,7 +377,7 @@ async def handle_cascade(services: Services, fmt: str, body: Body, decision: Dec
     _finish_record(services, record, [*parts, (answer.spec, answer.usage)], started, answer.finish_reason, answer.text)
     headers = {**decision_headers(decision_id, decision, answered=answer.spec), **_attempt_headers(record),
                cascades.HEADER: cascades.stage_trace(run.stages)}
-    await services.store.write(record)
+    await commit(services, record, trace)
     if not stream:
         return Response(answer.raw if answer.raw is not None else dumps(answer.body), headers=headers,
                         media_type="application/json")

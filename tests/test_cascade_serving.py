@@ -298,3 +298,30 @@ def test_tune_cascade_on_real_logs_saves_a_profile_that_serving_runs(gsm8k_slice
     called = [m for s in row["cascade"]["stages"] for m in s["models"]]
     assert trace.startswith(f"{row['cascade']['stages'][0]['stage']}:") and set(called) <= set(cascade.models)
     assert_every_call_costed(row, called)
+
+
+def test_each_stage_is_a_span_that_parents_its_calls(fake, fake_server, router_path, tmp_path):
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.trace import SpanKind
+
+    from serving.app import create_app
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    config = make_config(tmp_path, fake_server[1], router_path, fallbacks={"oai-mini": ["oai-large"]})
+    save_profile(Profile(name="agree-then-large", cascade=CASCADE.to_dict()), config.profiles_dir)
+    cue(fake)
+    with serving(create_app(config, tracer_provider=provider)) as url, openai_sdk(url) as client:
+        client.chat.completions.create(**ask("agree-then-large", DISAGREE))
+    spans = exporter.get_finished_spans()
+    stages = sorted((s for s in spans if s.name == "thrifty.cascade.stage"), key=lambda s: s.attributes["thrifty.cascade.stage"])
+    assert [(s.attributes["thrifty.cascade.model"], s.attributes["thrifty.cascade.outcome"], s.attributes["thrifty.cascade.accepted"])
+            for s in stages] == [("oai-mini,claude-small", "disagree", False), ("claude-large", "answer", True)]
+    calls = [s for s in spans if s.kind == SpanKind.CLIENT]
+    by_stage = {st.context.span_id: sorted(c.attributes["gen_ai.request.model"] for c in calls if c.parent.span_id == st.context.span_id)
+                for st in stages}
+    assert list(by_stage.values()) == [sorted([UPSTREAM["oai-mini"], UPSTREAM["claude-small"]]), [UPSTREAM["claude-large"]]]
+    assert any(s.name == "thrifty.store.commit" for s in spans)
