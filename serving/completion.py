@@ -204,6 +204,8 @@ def new_record(
         propensity=decision.propensity,
         status=status,
         stream=stream,
+        novelty=decision.novelty if decision.novelty is not None and math.isfinite(decision.novelty) else None,
+        decision_latency_s=decision.extra.get("decision_latency_s"),
     )
 
 
@@ -244,7 +246,7 @@ async def decide(services: Services, requested: str, text: str, constraints: Con
         trace.decision(decision, requested, wall, wall + elapsed)
     if decision.novelty is not None:
         metrics.decision_novelty.observe(decision.novelty)
-    return decision
+    return replace(decision, extra={**decision.extra, "decision_latency_s": elapsed})
 
 
 async def commit(services: Services, record: DecisionRecord, trace: RequestTrace | NoTrace = NO_TRACE) -> None:

@@ -121,14 +121,24 @@ def expected_figures(store_path: Path, baseline: str | None = None) -> dict:
         "savings": counterfactual - spend, "success": p, "low": centre - half, "high": centre + half, "rated": n,
         "usd-per-success": sum(d["cost_usd"] for d in rated) / successes,
         "failovers": sum(1 for d in decisions if attempts[d["decision_id"]][0] != d["answered_model"]),
+        "latency": _percentile([d["decision_latency_s"] for d in decisions], 50) * 1000,
+        "novelty": sum(d["novelty"] for d in decisions) / len(decisions),
     }
+
+
+def _percentile(values: list[float], q: float) -> float:
+    """Linear interpolation between closest ranks (numpy's default)."""
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * q / 100
+    low = math.floor(rank)
+    return ordered[low] + (ordered[min(low + 1, len(ordered) - 1)] - ordered[low]) * (rank - low)
 
 
 def figures(driver) -> dict:
     from selenium.webdriver.common.by import By
 
     out = {}
-    for ident in ("spend", "counterfactual", "savings", "success", "usd-per-success", "failovers"):
+    for ident in ("spend", "counterfactual", "savings", "success", "usd-per-success", "failovers", "latency", "novelty"):
         element = driver.find_element(By.ID, ident)
         out[ident] = float(element.get_attribute("data-value"))
         if ident == "success":

@@ -211,6 +211,9 @@ def test_decision_headers_match_the_stored_decision(fake, thrifty, openai_client
     spec = thrifty.services.catalog.get("claude-large")
     assert record["cost_usd"] == pytest.approx(spec.cost(record["input_tokens"], record["output_tokens"]))
     assert record["latency_s"] > 0 and len(record["attempts"]) == 1 and record["attempts"][0]["status"] == "ok"
+    # what the dashboard shows of the decision: its time (before any upstream call) and the prompt's novelty
+    assert 0 < record["decision_latency_s"] < record["latency_s"]
+    assert record["novelty"] > 0
 
 
 def test_constraints_by_header_and_by_body(fake, openai_client, anthropic_client):

@@ -258,7 +258,8 @@ def test_opening_a_store_from_before_versioning_adopts_it(tmp_path):
     path = tmp_path / "old.db"
     conn = sqlite3.connect(path)
     conn.executescript(FIRST_RELEASE_SCHEMA)
-    first = {k: v for k, v in record(1).row().items() if k != "cascade"}  # columns added by later revisions
+    later = ("cascade", "novelty", "decision_latency_s")  # columns added by later revisions
+    first = {k: v for k, v in record(1).row().items() if k not in later}
     columns = ", ".join(first)
     conn.execute(f"INSERT INTO decisions ({columns}) VALUES ({', '.join('?' for _ in first)})", tuple(first.values()))
     conn.commit()

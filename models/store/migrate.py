@@ -20,7 +20,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-HEAD = "0002"
+HEAD = "0003"
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 VERSION_TABLE = "alembic_version"
 _IN_PROCESS = threading.Lock()  # Alembic's ``context``/``op`` are process-global: one migration at a time per process

@@ -87,6 +87,8 @@ class DecisionRecord:
     stream: bool = False
     finish_reason: str | None = None
     response: str | None = None
+    novelty: float | None = None  # how unlike the router's training prompts the prompt was (1 = typical)
+    decision_latency_s: float | None = None  # time to decide (scoring and batching), before any upstream call
     # a cascade profile's run: {"profile", "cascade" (its description), "stages": [...], "answered_by"}; None otherwise
     cascade: dict | None = None
     attempts: list[AttemptRecord] = field(default_factory=list)
