@@ -78,7 +78,8 @@ class Background:
         self.command = command
         self.log = log
         self._out = log.open("wb")
-        self.proc = subprocess.Popen(["bash", "-c", f"exec {command}"], cwd=cwd, env=env, stdout=self._out,
+        # `exec env …`: the server replaces bash, and a leading VAR=value assignment still applies
+        self.proc = subprocess.Popen(["bash", "-c", f"exec env {command}"], cwd=cwd, env=env, stdout=self._out,
                                      stderr=subprocess.STDOUT, start_new_session=True)
 
     def output(self) -> str:
