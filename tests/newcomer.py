@@ -78,7 +78,8 @@ class Background:
         self.command = command
         self.log = log
         self._out = log.open("wb")
-        self.proc = subprocess.Popen(["bash", "-c", f"exec {command}"], cwd=cwd, env=env, stdout=self._out,
+        # `exec env …`: the server replaces bash, and a leading VAR=value assignment still applies
+        self.proc = subprocess.Popen(["bash", "-c", f"exec env {command}"], cwd=cwd, env=env, stdout=self._out,
                                      stderr=subprocess.STDOUT, start_new_session=True)
 
     def output(self) -> str:
@@ -86,14 +87,14 @@ class Background:
             self._out.flush()
         return self.log.read_text(errors="replace")
 
-    def wait_healthy(self, url: str, timeout: float = 600.0) -> None:
-        """Until ``url/healthz`` answers 200; fails with the server's output if it exits first."""
+    def wait_healthy(self, url: str, timeout: float = 600.0, path: str = "/healthz") -> None:
+        """Until ``url`` + ``path`` answers 200; fails with the server's output if it exits first."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise AssertionError(f"`{self.command}` exited with {self.proc.returncode}:\n{self.output()}")
             try:
-                if httpx.get(f"{url}/healthz", timeout=5).status_code == 200:
+                if httpx.get(f"{url}{path}", timeout=5).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass

