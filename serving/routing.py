@@ -37,6 +37,7 @@ from dataclasses import dataclass, field, replace
 from typing import Callable, Collection, Literal, Mapping, Sequence
 
 from models.catalog import Catalog, ModelSpec
+from models.store.records import CASCADE_POLICY
 from models.tokens import count_tokens
 from router.certificate import price_drift
 from router.decision import Candidate, Decision
@@ -49,7 +50,7 @@ from serving.errors import InvalidRequest, LimitUnmet, NoRoutableModel, UnknownM
 log = logging.getLogger("thrifty.serving")
 
 PASSTHROUGH = "passthrough"
-CASCADE = "cascade"  # the policy of a decision made by a cascade profile (``decision.extra["cascade"]`` holds it)
+CASCADE = CASCADE_POLICY  # the policy of a decision made by a cascade profile (``decision.extra["cascade"]`` holds it)
 OnUnmetLimit = Literal["refuse", "degrade"]
 DEGRADE_HINT = "x-thrifty-on-unmet-limit: degrade (or thrifty.on_unmet_limit)"
 

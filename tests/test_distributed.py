@@ -87,7 +87,7 @@ def test_dask_fit_registers_a_normal_router_matching_one_process(client, thrifty
     np.testing.assert_allclose(a.output_tokens, b.output_tokens, rtol=1e-9)  # same features, same token model
     assert np.abs(a.p - b.p).mean() <= MEAN_DP
     # chosen on local out-of-fold fits, so identical (compared as JSON: a NaN margin equals itself there)
-    assert json.dumps(local.selection, sort_keys=True, default=str) == json.dumps(dask.selection, sort_keys=True, default=str)
+    assert json.dumps(local.certificate.to_dict(), sort_keys=True, default=str) == json.dumps(dask.certificate.to_dict(), sort_keys=True, default=str)
     for policy in (Threshold(0.7), make_policy("tradeoff", 10.0)):  # the fits compared under one policy each
         same = np.mean([one.decide(a, i, policy).model == router.decide(b, i, policy).model for i in range(len(test.texts))])
         assert same >= AGREEMENT, (policy.name, same)

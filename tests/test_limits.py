@@ -236,7 +236,7 @@ def test_a_router_that_knows_no_catalog_model_is_a_503_naming_no_client_paramete
     with pytest.raises(NoRoutableModel) as info:
         routing.decide("thrifty", EASY, Constraints())
     assert info.value.status == 503 and info.value.param == "model"
-    assert "knows none of the catalog's models" in info.value.message and "oai-mini" in info.value.message
+    assert "none of its router's models can be reached" in info.value.message and "oai-mini" in info.value.message
 
 
 def test_fallbacks_that_cannot_serve_the_request_are_left_out(fake, fake_server, router_path, tmp_path):

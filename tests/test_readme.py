@@ -32,7 +32,7 @@ from tests.newcomer import ROOT, Background, free_port, newcomer_env, slice_outc
 
 README = ROOT / "README.md"
 NOT_RUN = re.compile(r"<!--\s*not-run:\s*(.*?)\s*-->\s*$")
-SERVE = re.compile(r"^(?:\S+=\S+\s+)*(?:\.venv/bin/)?thrifty\s+serve\b")
+SERVE = re.compile(r"^(?:\S+=\S+\s+)*(?:opentelemetry-instrument\s+)?(?:\.venv/bin/)?thrifty\s+serve\b")
 MLFLOW_SERVE = re.compile(r"^(?:\S+=\S+\s+)*mlflow\s+models\s+serve\b")  # the registered router behind MLflow's scoring server
 README_PORT = "8000"
 MAX_EXCLUSIONS = 3  # exclusions must stay rare: each one is a command nobody checks

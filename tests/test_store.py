@@ -395,3 +395,19 @@ CREATE TABLE IF NOT EXISTS feedback (
 );
 CREATE INDEX IF NOT EXISTS feedback_decision ON feedback (decision_id);
 """
+
+
+def test_training_rows_leave_out_cascade_decisions_the_report_keeps_them(store):
+    """A cascade's answering model is picked by the answers: its feedback is no fair training label; its cost still counts."""
+    from models.store.outcomes import outcome_frame
+    from models.store.records import CASCADE_POLICY
+
+    cascade_run = {"profile": "agree", "stages": [{"stage": 1, "models": ["m-a", "m-b"], "outcome": "accept"}]}
+    write_all(store, [record(1), record(2, policy=CASCADE_POLICY, cascade=cascade_run)])
+    for decision_id in ("d0001", "d0002"):
+        assert asyncio.run(store.add_feedback(decision_id, 1.0, "tests"))
+    everything = outcome_frame(store)
+    training = outcome_frame(store, cascades=False)
+    assert sorted(everything["decision_id"]) == ["d0001", "d0002"] and everything.attrs["cascades_left_out"] == 0
+    assert list(training["decision_id"]) == ["d0001"] and training.attrs["cascades_left_out"] == 1
+    assert store.decision("d0002")["cascade"] == cascade_run

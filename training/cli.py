@@ -339,7 +339,10 @@ def retrain(logs, store, benchmark_logs, prices, catalogs, predictor, target_qua
             # served traffic through the store's interface, as canonical outcome rows
             try:
                 with open_store(store, create=False) as served:
-                    frame = outcome_frame(served)
+                    frame = outcome_frame(served, cascades=False)
+                if frame.attrs["cascades_left_out"]:
+                    say(f"left out {frame.attrs['cascades_left_out']} decision(s) of cascade profiles: the answer chose their "
+                        "answering model, so their feedback is not a fair label of it")
             except StoreError as exc:
                 raise click.ClickException(str(exc)) from None
             exported = Path(tmp) / "served.parquet"

@@ -20,6 +20,7 @@ import pandas as pd
 
 from models.outcomes import OPTIONAL_COLUMNS, OUTCOME_COLUMNS
 from models.store.base import OutcomeStore
+from models.store.records import CASCADE_POLICY
 
 DATASET = "served"
 EXPORTED_OPTIONAL = ("propensity", "decision_id", "router_version", "feedback_source", "ts", "chosen_model", "attempts",
@@ -51,9 +52,15 @@ def _served_columns(row: dict, attempts: dict[str, tuple[int, str | None]]) -> d
 
 
 def outcome_frame(store: OutcomeStore, *, include_unlabeled: bool = False, since: float | None = None,
-                  until: float | None = None) -> pd.DataFrame:
-    """The canonical rows of ``store`` (decisions with ``since <= ts < until`` when given)."""
+                  until: float | None = None, cascades: bool = True) -> pd.DataFrame:
+    """The canonical rows of ``store`` (decisions with ``since <= ts < until`` when given).
+
+    ``cascades=False`` leaves out decisions of cascade profiles (for training: their answering model
+    was picked by the answers themselves, so its success is not a fair label of that model on the
+    prompt); ``frame.attrs["cascades_left_out"]`` counts them.
+    """
     rows = store.joined(include_unlabeled=include_unlabeled, since=since, until=until)
+    kept = rows if cascades else [r for r in rows if r.get("policy") != CASCADE_POLICY]
     attempts = attempt_summary(store, since)
     records = [
         {
@@ -77,8 +84,9 @@ def outcome_frame(store: OutcomeStore, *, include_unlabeled: bool = False, since
             "feedback_source": r["fb_source"],
             **_served_columns(r, attempts),
         }
-        for r in rows
+        for r in kept
     ]
     dtypes = {**OUTCOME_COLUMNS, **{c: OPTIONAL_COLUMNS[c] for c in EXPORTED_OPTIONAL}}
-    frame = pd.DataFrame.from_records(records, columns=list(dtypes))
-    return frame.astype(dtypes)
+    frame = pd.DataFrame.from_records(records, columns=list(dtypes)).astype(dtypes)
+    frame.attrs["cascades_left_out"] = len(rows) - len(kept)
+    return frame

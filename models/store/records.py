@@ -56,6 +56,9 @@ class FeedbackRecord:
     score_raw: float | None = None
 
 
+CASCADE_POLICY = "cascade"  # the policy of a decision a cascade profile made (its run is in ``DecisionRecord.cascade``)
+
+
 @dataclass
 class DecisionRecord:
     """One routed (or passed-through) request: the decision, what answered it, what it cost."""
