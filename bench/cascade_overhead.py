@@ -46,7 +46,7 @@ def main(argv=None) -> int:
     from models.providers.sdk import SDKProvider
     from tests.fakes.provider import FakeProvider
     from tests.fakes.server import ThreadedServer
-    from tests.serving_fixtures import CLIENT_KEY, OPENAI_UPSTREAM_KEY, ANTHROPIC_UPSTREAM_KEY, UPSTREAM, fit_test_router, make_config
+    from tests.serving_fixtures import CLIENT_KEY, OPENAI_UPSTREAM_KEY, ANTHROPIC_UPSTREAM_KEY, fit_test_router, make_config
     from tests.test_cascade_serving import AGREE, CASCADE, DISAGREE, cue
 
     calls: list[tuple[float, float]] = []  # (start, end) of every upstream call of the current request

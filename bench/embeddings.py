@@ -133,7 +133,6 @@ def _router(featurizer, seed: int = 0):
 
 
 def evaluate(tasks_per_dataset: int | None = None) -> dict:
-    import pandas as pd
     from sklearn.metrics import roc_auc_score
 
     from models.catalog import load_catalog

@@ -24,6 +24,7 @@ import logging
 import math
 import os
 import time
+from contextlib import asynccontextmanager
 from dataclasses import replace
 from typing import Any, AsyncIterator, Mapping
 
@@ -256,6 +257,40 @@ async def commit(services: Services, record: DecisionRecord, trace: RequestTrace
     trace.finish(record)
 
 
+@asynccontextmanager
+async def recorded_failures(services: Services, record: DecisionRecord, decision_id: str, decision: Decision, started: float,
+                            trace: RequestTrace | NoTrace = NO_TRACE, headers: Mapping[str, str] | None = None):
+    """Around a request's upstream work: whatever fails, the record is committed with the failure before it propagates.
+
+    An upstream or serving error becomes the client's error (upstream text scrubbed) with the decision and
+    attempt headers, plus ``headers`` as they stand when it fails; any other exception is a fault inside
+    thrifty (the generic 500 follows); a cancellation (the graceful-shutdown timeout ran out) is recorded
+    under a shield.
+    """
+    try:
+        yield
+    except (UpstreamError, ServingError) as exc:
+        error = from_upstream(exc, services.scrubber) if isinstance(exc, UpstreamError) else exc
+        record.status, record.http_status = "error", error.status
+        record.error_kind = exc.kind if isinstance(exc, UpstreamError) else (exc.kind or type(exc).__name__)
+        record.latency_s = time.perf_counter() - started
+        _spent(record)
+        await commit(services, record, trace)
+        error.headers = {**error.headers, **decision_headers(decision_id, decision), **_attempt_headers(record), **(headers or {})}
+        raise error from None
+    except Exception:
+        record.status, record.http_status, record.error_kind = "error", 500, "internal"
+        record.latency_s = time.perf_counter() - started
+        await commit(services, record, trace)
+        raise
+    except BaseException:
+        record.status, record.error_kind = "error", "cancelled"
+        record.latency_s = time.perf_counter() - started
+        with anyio.CancelScope(shield=True):
+            await commit(services, record, trace)
+        raise
+
+
 async def handle_completion(
     services: Services, request: Request, client: str, fmt: str, body: Body, options: ThriftyOptions | None
 ) -> Any:
@@ -279,7 +314,7 @@ async def handle_completion(
     if decision.policy == CASCADE:
         return await handle_cascade(services, fmt, body, decision, decision_id, record, deadline, trace)
     started = time.perf_counter()
-    try:
+    async with recorded_failures(services, record, decision_id, decision, started, trace):
         candidates = failover_order(decision, include_unacceptable=services.config.failover_to_unacceptable,
                                     fallbacks=fallback_models(services, decision, options, constraints))
         if services.budgets is not None and services.budgets.enabled:
@@ -295,27 +330,6 @@ async def handle_completion(
             answer = await services.dispatcher.complete(
                 fmt, body, candidates, record.attempts, deadline=deadline, ranking=decision.ranking, trace=trace,
             )
-    except (UpstreamError, ServingError) as exc:
-        error = from_upstream(exc, services.scrubber) if isinstance(exc, UpstreamError) else exc
-        record.status, record.http_status = "error", error.status
-        record.error_kind = exc.kind if isinstance(exc, UpstreamError) else (exc.kind or type(exc).__name__)
-        record.latency_s = time.perf_counter() - started
-        await commit(services, record, trace)
-        error.headers = {**error.headers, **decision_headers(decision_id, decision), **_attempt_headers(record)}
-        raise error from None
-    except Exception:
-        # a fault inside thrifty: still logged (the generic 500 follows)
-        record.status, record.http_status, record.error_kind = "error", 500, "internal"
-        record.latency_s = time.perf_counter() - started
-        await commit(services, record, trace)
-        raise
-    except BaseException:
-        # cancelled (the graceful-shutdown timeout ran out): still logged
-        record.status, record.error_kind = "error", "cancelled"
-        record.latency_s = time.perf_counter() - started
-        with anyio.CancelScope(shield=True):
-            await commit(services, record, trace)
-        raise
 
     headers = {**decision_headers(decision_id, decision, answered=(opened if stream else answer).spec),
                **_attempt_headers(record)}
@@ -337,8 +351,8 @@ async def handle_cascade(services: Services, fmt: str, body: Body, decision: Dec
     fallbacks = {m: [f for f in services.config.fallbacks.get(m, ()) if f in services.catalog] for m in cascade.models}
     stream = bool(body.get("stream"))
     started = time.perf_counter()
-    stages = ""
-    try:
+    failure_headers: dict[str, str] = {}
+    async with recorded_failures(services, record, decision_id, decision, started, trace, failure_headers):
         cascades.check_request(body, profile)
         if services.budgets is not None and services.budgets.enabled:
             record.reservation = await services.budgets.admit_calls(
@@ -348,29 +362,8 @@ async def handle_cascade(services: Services, fmt: str, body: Body, decision: Dec
                                              cascade, p, fallbacks, record.attempts, deadline=deadline, trace=trace)
         except cascades.CascadeFailed as failed:
             record.cascade = cascades.failed_record(profile, cascade, failed.stages)
-            stages = cascades.stage_trace(failed.stages)
+            failure_headers[cascades.HEADER] = cascades.stage_trace(failed.stages)
             raise failed.error from None
-    except (UpstreamError, ServingError) as exc:
-        error = from_upstream(exc, services.scrubber) if isinstance(exc, UpstreamError) else exc
-        record.status, record.http_status = "error", error.status
-        record.error_kind = exc.kind if isinstance(exc, UpstreamError) else (exc.kind or type(exc).__name__)
-        record.latency_s = time.perf_counter() - started
-        _spent(record)
-        await commit(services, record, trace)
-        error.headers = {**error.headers, **decision_headers(decision_id, decision), **_attempt_headers(record),
-                         **({cascades.HEADER: stages} if stages else {})}
-        raise error from None
-    except Exception:
-        record.status, record.http_status, record.error_kind = "error", 500, "internal"
-        record.latency_s = time.perf_counter() - started
-        await commit(services, record, trace)
-        raise
-    except BaseException:
-        record.status, record.error_kind = "error", "cancelled"
-        record.latency_s = time.perf_counter() - started
-        with anyio.CancelScope(shield=True):
-            await commit(services, record, trace)
-        raise
 
     answer = run.answer
     record.chosen_model = answer.spec.id
@@ -394,7 +387,7 @@ async def handle_cascade(services: Services, fmt: str, body: Body, decision: Dec
 
 
 def _spent(record: DecisionRecord) -> None:
-    """A failed cascade's record: the usage and spend of the calls that did answer (their attempts carry their costs)."""
+    """A failed request's record: the usage and spend of the calls that did answer (a cascade's earlier stages)."""
     answered = [a for a in record.attempts if a.status == "ok"]
     if answered:
         record.input_tokens = sum(a.input_tokens or 0 for a in answered)

@@ -68,7 +68,7 @@ class Services:
             count_tokens("warm up")
             for uri in self.routers.uris:
                 loaded = self.routers.get(uri)
-                loaded.router.route("warm up the router", self.routing.prices)
+                loaded.router.route("warm up the router", self.routing.decision_prices(loaded))
                 for model in loaded.router.models_:
                     if model in self.catalog:
                         try:

@@ -6,7 +6,6 @@ import time
 from pathlib import Path
 
 import nbformat
-import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "replay_analysis.ipynb"

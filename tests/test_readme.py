@@ -114,6 +114,8 @@ class Session:
 
     def run(self, command: str, line: int) -> None:
         command = re.sub(rf"\b{README_PORT}\b", self.port, command)
+        if SERVE.match(command) or MLFLOW_SERVE.match(command):  # else it would listen where no probe looks
+            assert f"--port {self.port}" in command, f"README line {line}: a server command needs --port {README_PORT}"
         if SERVE.match(command):
             self.stop()
             self.server = Background(command, cwd=self.work, env=self.env, log=self.tmp / f"serve-{line}.log")
