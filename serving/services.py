@@ -15,7 +15,7 @@ from models.catalog import Catalog, load_catalog
 from models.providers import MissingUpstreamKey, ProviderPool, UpstreamSettings
 from models.store import OutcomeStore, open_store
 from router.profiles import Profile, load_profiles
-from router.router import Router
+from router.router import Router, RoutingError
 from serving.batching import DecisionBatcher
 from serving.config import ConfigError, ServingConfig
 from serving.budgets import Budgets
@@ -68,7 +68,11 @@ class Services:
             count_tokens("warm up")
             for uri in self.routers.uris:
                 loaded = self.routers.get(uri)
-                loaded.router.route("warm up the router", self.routing.decision_prices(loaded))
+                try:
+                    loaded.router.route("warm up the router", self.routing.decision_prices(loaded))
+                except RoutingError:  # a profile's router over models the catalog does not price: its requests say so
+                    log.warning("router %s (%s) knows no model the catalog prices: profiles using it cannot route", loaded.version, uri)
+                    continue
                 for model in loaded.router.models_:
                     if model in self.catalog:
                         try:
