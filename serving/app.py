@@ -32,21 +32,21 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request
-from fastapi.routing import APIRoute
 from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from models.catalog import Catalog
 from models.providers import ProviderPool
 from models.store import OutcomeStore
 from router.profiles import Profile
+from router.prompt import routing_text
 from router.router import Router
 from serving import completion, dashboard
 from serving.auth import authenticate
 from serving.config import ServingConfig, get_config
 from serving.errors import Conflict, InvalidRequest, NotFound, install_error_handlers
 from serving.openapi import document
-from serving.prompt import routing_text
 from serving.routing import LoadedRouter
 from serving.schemas import (
     AnthropicMessagesRequest,

@@ -36,12 +36,12 @@ from models.catalog import ModelSpec
 from models.providers import UpstreamError, UpstreamStreamError
 from models.store import DecisionRecord
 from router.decision import Decision
+from router.prompt import routing_text
 from serving import cascade as cascades
 from serving import sse
 from serving.errors import InvalidRequest, ServingError, error_body, from_upstream
 from serving.fastjson import dumps
 from serving.reliability import Deadline, failover_order
-from serving.prompt import routing_text
 from serving.routing import CASCADE, PASSTHROUGH, Constraints, unservable
 from serving.schemas import MAX_LABEL_CHARS, ThriftyOptions
 from serving.services import Services

@@ -30,8 +30,8 @@ from typing import Any, Callable, Mapping
 
 from models.providers import UpstreamStreamError
 from models.tokens import count_tokens
+from router.prompt import routing_text
 from serving import sse
-from serving.prompt import routing_text
 from serving.translate import ANTHROPIC_TO_OPENAI_STOP, OPENAI_TO_ANTHROPIC_STOP
 from serving.usage import Usage
 

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
+from router.prompt import routing_text
 from serving import translate as t
-from serving.prompt import routing_text
 
 PNG_B64 = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
 WEATHER_TOOL = {
