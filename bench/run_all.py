@@ -38,7 +38,7 @@ PARTS = {  # name -> (module, results file, time limit full / quick in seconds)
     "gateways": ("bench.gateways", "gateways", 600, 240),
     "memory": ("bench.memory", "memory", 480, 150),
     "train": ("bench.train_scale", "train_scale", 900, 300),
-    # not in the default run (about an hour on 2 cores): bench/run.sh --parts dask
+    # not in the default run (about 15 minutes on a quiet 2-core machine): bench/run.sh --parts dask
     "dask": ("bench.train_dask", "train_dask", 7200, 900),
     "replicas": ("bench.replicas", "replicas", 420, 240),
 }
