@@ -102,6 +102,31 @@ def certify_setting(
     )
 
 
+def split_for_tuning(frame, catalog_prices: PriceTable, *, router: Router | None, test_size: float, seed: int,
+                     task_holdout: str | None, need_answers: bool = False):
+    """The complete part of the logs, its prices, and its split by prompt into a tuning part and a test part.
+
+    With a ``router``, both parts keep only the models it knows and prices (at least two).
+    """
+    from training.dataset import OutcomeMatrix, complete_matrix, split_by_prompt
+    from training.fit import resolve_prices
+
+    matrix, _, _ = complete_matrix(OutcomeMatrix.from_frame(frame))
+    if need_answers and matrix.answers is None:
+        from training.cascades import CascadeSearchError
+
+        raise CascadeSearchError("the logs carry no parsed answers (column 'answer'): a cascade cannot be tuned on them")
+    prices, _ = resolve_prices(matrix, catalog_prices)
+    tune_idx, test_idx = split_by_prompt(matrix, test_size, seed, task_holdout)
+    tuning, test = matrix.subset(tune_idx), matrix.subset(test_idx)
+    if router is not None:
+        models = [m for m in matrix.models if m in router.models_ and m in prices]
+        if len(models) < 2:
+            raise ValueError(f"the router knows {len(models)} of the logged models; it needs at least two")
+        tuning, test = tuning.select_models(models), test.select_models(models)
+    return prices, tuning, test
+
+
 def tune(
     frame,
     catalog_prices: PriceTable,
@@ -143,20 +168,14 @@ def tune(
     """
     from router.persist import save_router
     from router.profiles import Profile, save_profile, validate_name
-    from training.dataset import OutcomeMatrix, complete_matrix, split_by_prompt
-    from training.fit import fit_router, resolve_prices
+    from training.dataset import split_by_prompt
+    from training.fit import fit_router
 
     validate_name(name)
-    matrix, _, _ = complete_matrix(OutcomeMatrix.from_frame(frame))
-    prices, _ = resolve_prices(matrix, catalog_prices)
-    tune_idx, test_idx = split_by_prompt(matrix, test_size, seed, task_holdout)
-    val, test = matrix.subset(tune_idx), matrix.subset(test_idx)
+    prices, val, test = split_for_tuning(frame, catalog_prices, router=router, test_size=test_size, seed=seed,
+                                         task_holdout=task_holdout)
     if router is not None:
-        models = [m for m in matrix.models if m in router.models_ and m in prices]
-        if len(models) < 2:
-            raise ValueError(f"the router knows {len(models)} of the logged models; it needs at least two")
-        val, test = val.select_models(models), test.select_models(models)
-        s = router.score_features(router.features(val.texts), val.prompt_tokens(), prices, models=models)
+        s = router.score_features(router.features(val.texts), val.prompt_tokens(), prices, models=list(val.models))
         P, C = s.p, s.cost
     else:
         # the knob is chosen for the very router the profile will name: fit it on
@@ -268,24 +287,16 @@ def tune_cascade(
     """
     from router.persist import save_router
     from router.profiles import Profile, save_profile, validate_name
-    from training.cascades import FAMILIES, CascadeSearch, CascadeSearchError, cascade_data, infer_answer_kind, run_cascade
-    from training.dataset import OutcomeMatrix, complete_matrix, prompt_folds, split_by_prompt
-    from training.fit import cross_fit, fit_router, resolve_prices
+    from training.cascades import FAMILIES, CascadeSearch, cascade_data, infer_answer_kind, run_cascade
+    from training.dataset import prompt_folds
+    from training.fit import cross_fit, fit_router
     from training.replay import router_scores
 
     validate_name(name)
     families = tuple(families or FAMILIES)
-    matrix, _, _ = complete_matrix(OutcomeMatrix.from_frame(frame))
-    if matrix.answers is None:
-        raise CascadeSearchError("the logs carry no parsed answers (column 'answer'): a cascade cannot be tuned on them")
-    prices, _ = resolve_prices(matrix, catalog_prices)
-    tune_idx, test_idx = split_by_prompt(matrix, test_size, seed, task_holdout)
-    train, test = matrix.subset(tune_idx), matrix.subset(test_idx)
+    prices, train, test = split_for_tuning(frame, catalog_prices, router=router, test_size=test_size, seed=seed,
+                                           task_holdout=task_holdout, need_answers=True)
     if router is not None:
-        models = [m for m in matrix.models if m in router.models_ and m in prices]
-        if len(models) < 2:
-            raise ValueError(f"the router knows {len(models)} of the logged models; it needs at least two")
-        train, test = train.select_models(models), test.select_models(models)
         p_train = router_scores(router, train, prices).p
     else:
         echo(f"cross-fitting {predictor} on {train.n_prompts} tuning prompts ({folds} folds) for out-of-fold predictions")
