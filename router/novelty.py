@@ -18,6 +18,8 @@ from __future__ import annotations
 import numpy as np
 
 
+LIMIT = 1e6  # standardised units: the bound of each feature of a scored prompt
+
 class NoveltyScorer:
     """Distance to the nearest training prompts, in units of the training prompts' own typical distance.
 
@@ -54,7 +56,9 @@ class NoveltyScorer:
 
     def _distance(self, z: np.ndarray, exclude: int | None = None) -> float:
         """Mean Euclidean distance from one standardised prompt ``z`` to its ``k`` nearest reference prompts."""
-        z = z.astype(np.float32)
+        # Far outside the training prompts is far enough: bounded so float32 cannot overflow (an overflow
+        # would give NaN, and a NaN novelty would pass every novelty cut as familiar).
+        z = np.clip(np.nan_to_num(z, nan=0.0, posinf=LIMIT, neginf=-LIMIT), -LIMIT, LIMIT).astype(np.float32)
         sq = self.reference_sq_ - 2.0 * (self.reference_ @ z) + float(z @ z)
         if exclude is not None:
             sq[exclude] = np.inf

@@ -213,3 +213,15 @@ def test_serving_the_default_returns_a_new_router_and_leaves_the_fitted_one_unch
     assert served.success_ is router.success_  # the fitted predictors are shared, not refitted
     with pytest.raises(ValueError, match="trailing underscore"):
         router.with_policy(before, certificate={})
+
+
+def test_a_prompt_far_outside_every_feature_range_is_most_novel_not_nan():
+    """A feature billions of standard deviations out would overflow float32 into NaN, which passes any novelty cut."""
+    from router.novelty import NoveltyScorer
+
+    X = np.random.default_rng(0).normal(size=(200, 8))
+    scorer = NoveltyScorer(k=5).fit(X)
+    typical, extreme, broken = X[:1] * 0.5, np.full((1, 8), 1e30), np.array([[np.nan, np.inf, -np.inf, 0, 0, 0, 0, 0]])
+    scores = scorer.score(np.vstack([typical, extreme, broken]))
+    assert np.isfinite(scores).all()
+    assert scores[0] < 3 and scores[1] > 1e5 and scores[2] > 1e5
