@@ -83,17 +83,24 @@ class Router:
         if missing:
             raise RoutingError(f"no price for model(s) {missing}")
         X = self.featurizer_.fit_transform(list(texts))
-        self.novelty_ = (self.novelty if self.novelty is not None else NoveltyScorer()).fit(X)
+        self._fit_novelty(X)
         self.success_.fit(X, success, weights, models=models)
         self.tokens_.fit(X, output_tokens, None, models=models)
         return self._fitted_for(models, prices)
 
     @classmethod
-    def from_fitted(cls, featurizer, success, tokens, policy, models: Sequence[str], prices: PriceTable) -> "Router":
-        """A router of components already fitted on the same prompts (a distributed fit fits them apart)."""
+    def from_fitted(cls, featurizer, success, tokens, policy, models: Sequence[str], prices: PriceTable, X) -> "Router":
+        """A router of components already fitted on the same prompts (a distributed fit fits them apart).
+
+        ``X``: those prompts' features, on which the novelty scorer is fitted here, as :meth:`fit` does.
+        """
         router = cls(featurizer, success, tokens, policy)
         router.featurizer_, router.success_, router.tokens_, router.policy_ = featurizer, success, tokens, policy
+        router._fit_novelty(X)
         return router._fitted_for(models, prices)
+
+    def _fit_novelty(self, X) -> None:
+        self.novelty_ = (self.novelty if self.novelty is not None else NoveltyScorer()).fit(X)
 
     def _fitted_for(self, models: Sequence[str], prices: PriceTable) -> "Router":
         missing = prices.missing(models)

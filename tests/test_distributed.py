@@ -85,6 +85,8 @@ def test_dask_fit_registers_a_normal_router_matching_one_process(client, thrifty
     prices = router.prices_
     a, b = one.score(test.texts, prices), router.score(test.texts, prices)
     np.testing.assert_allclose(a.output_tokens, b.output_tokens, rtol=1e-9)  # same features, same token model
+    # same features, same novelty scorer: the certified default's novelty cut means the same on both
+    np.testing.assert_allclose(a.novelty, b.novelty, rtol=1e-6)
     assert np.abs(a.p - b.p).mean() <= MEAN_DP
     # chosen on local out-of-fold fits, so identical (compared as JSON: a NaN margin equals itself there)
     assert json.dumps(local.certificate.to_dict(), sort_keys=True, default=str) == json.dumps(dask.certificate.to_dict(), sort_keys=True, default=str)

@@ -347,4 +347,4 @@ def fit_router_dask(
     X = featurize(client, featurizer, matrix.texts)
     success = DaskLightGBMSuccess.from_local(spec.success, client).fit(X, matrix.success, weights, models=matrix.models)
     tokens = spec.tokens.fit(X, matrix.output_tokens, None, models=matrix.models)
-    return Router.from_fitted(featurizer, success.to_local(), tokens, spec.policy, matrix.models, prices)
+    return Router.from_fitted(featurizer, success.to_local(), tokens, spec.policy, matrix.models, prices, X)
